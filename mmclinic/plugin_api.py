@@ -1,0 +1,158 @@
+"""The plugin contract: what a modality or task plugin must provide (core side; imports no plugin).
+
+A plugin is a class (subclass of ``ModalityPlugin`` or ``TaskPlugin``) published through the
+entry-point group ``mmclinic.plugins``. The registry instantiates it with its validated config.
+torch is imported lazily so the store and API layers can use this module without it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+    from mmclinic.case import Prediction
+
+ENTRY_POINT_GROUP = "mmclinic.plugins"
+
+
+class EmptyConfig(BaseModel):
+    """Config schema of a plugin that takes no options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One tabular feature as the task defines it."""
+
+    name: str
+    type: Literal["numeric", "categorical", "boolean"]
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    required: bool = False
+    categories: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ImagingSpec:
+    """How the task wants the CT: target spacing (mm, RAS order x,y,z), size in voxels, HU window."""
+
+    spacing_mm: tuple[float, float, float] = (5.0, 5.0, 5.0)
+    size: tuple[int, int, int] = (64, 64, 32)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task needs from the modality plugins and what it predicts."""
+
+    name: str
+    required_modalities: tuple[str, ...]
+    optional_modalities: tuple[str, ...]
+    labels: tuple[str, ...]
+    imaging: ImagingSpec = field(default_factory=ImagingSpec)
+    tabular_schema: tuple[FeatureSpec, ...] = ()
+    max_text_tokens: int = 8  # K: attention-pooled text tokens per case
+
+
+@dataclass
+class ModalityInput:
+    """One case's input after a modality plugin loaded and validated it.
+
+    ``data`` holds per-case arrays/tensors that ``collate`` batches. ``fingerprint`` maps a
+    stable key to a SHA-256 (provenance). ``summary`` is what ``mmclinic inspect`` prints.
+    ``meta`` carries non-tensor facts later stages need (e.g. the imaging affine).
+    """
+
+    modality: str
+    data: dict[str, Any]
+    fingerprint: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EncoderOutput:
+    """Tokens ``[B, N, D]``, ``pad_mask`` ``[B, N]`` (True = padding / absent), extras (e.g. lesion map)."""
+
+    tokens: torch.Tensor
+    pad_mask: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PluginBase(ABC):
+    """Common part of every plugin: identity and a validated config."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type[BaseModel]] = EmptyConfig
+    required_methods: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: BaseModel | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+
+class ModalityPlugin(PluginBase):
+    """Knows one input kind: load + validate, fingerprint, collate, encode.
+
+    ``modality`` is the key it reads from ``Case.inputs``.
+    """
+
+    kind: ClassVar[str] = "modality"
+    modality: ClassVar[str]
+    required_methods: ClassVar[tuple[str, ...]] = ("load", "collate", "build_encoder")
+
+    @abstractmethod
+    def load(self, ref: Any, spec: TaskSpec) -> ModalityInput:
+        """Load and validate one case's input; raise ``InputError(reason, detail)`` on bad input."""
+
+    @abstractmethod
+    def collate(self, items: Sequence[ModalityInput | None], spec: TaskSpec) -> dict[str, torch.Tensor]:
+        """Batch per-case inputs; ``None`` is an absent modality. Must include ``present`` (bool [B])."""
+
+    @abstractmethod
+    def build_encoder(self, d_model: int, spec: TaskSpec) -> nn.Module:
+        """An ``nn.Module`` whose ``forward(batch) -> EncoderOutput``.
+
+        It may define ``precompute(batch) -> batch``: the frozen, deterministic part of the
+        encoder (e.g. a frozen transformer) whose output the trainer may cache per case;
+        ``forward`` must accept the precomputed batch. Without it the trainer assumes identity.
+        """
+
+
+class TaskPlugin(PluginBase):
+    """A diagnosis task: spec (modalities, schema, labels), weights, model card, SR mapping."""
+
+    kind: ClassVar[str] = "task"
+    required_methods: ClassVar[tuple[str, ...]] = ("spec", "weights_path", "model_card_path")
+
+    @abstractmethod
+    def spec(self) -> TaskSpec:
+        """The task's modality requirements, tabular schema and imaging geometry."""
+
+    @abstractmethod
+    def weights_path(self) -> Path | None:
+        """Bundled checkpoint file, or ``None`` when the task ships no weights."""
+
+    @abstractmethod
+    def model_card_path(self) -> Path | None:
+        """Bundled model card (Markdown)."""
+
+    def sr_content(self, prediction: Prediction) -> dict[str, Any]:
+        """Codes and values for the DICOM SR (overridden by tasks that export SR)."""
+        return {}
+
+
+PLUGIN_KINDS: dict[str, type[PluginBase]] = {"modality": ModalityPlugin, "task": TaskPlugin}
