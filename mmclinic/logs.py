@@ -42,4 +42,7 @@ def setup_logging(level: str | None = None, json_lines: bool | None = None) -> N
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log a structured event. Pass only pseudonymous ids, hashes, reason codes and counts."""
-    logger.log(level, "%s %s", name, " ".join(f"{k}={v}" for k, v in sorted(fields.items())), extra={"event": name, **fields})
+    # LogRecord attributes (name, msg, ...) cannot be overwritten through ``extra``.
+    extra = {(f"f_{k}" if k in _RESERVED else k): v for k, v in fields.items()}
+    text = " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    logger.log(level, "%s %s", name, text, extra={"event": name, **extra})

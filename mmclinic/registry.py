@@ -64,8 +64,12 @@ def _load_entry_point(ep: EntryPoint, configs: Mapping[str, Mapping[str, Any]]) 
     dist = ep.dist.name if ep.dist is not None else "?"
     kind = name = version = "?"
     try:
-        cls = _validate_class(ep.load())
-        kind, name, version = cls.kind, cls.name, cls.version
+        obj = ep.load()
+        # Best-effort identity first, so a plugin that fails validation is still reported by name.
+        kind = str(getattr(obj, "kind", "?"))
+        name = str(getattr(obj, "name", ep.name))
+        version = str(getattr(obj, "version", "?"))
+        cls = _validate_class(obj)
         try:
             config = cls.Config.model_validate(dict(configs.get(name, {})))
         except ValidationError as exc:
@@ -103,7 +107,12 @@ class Registry:
             key = (rec.kind, rec.name)
             if rec.status == "ok" and key in seen:
                 rec = PluginRecord(
-                    rec.entry_point, rec.distribution, rec.kind, rec.name, rec.version, "error",
+                    rec.entry_point,
+                    rec.distribution,
+                    rec.kind,
+                    rec.name,
+                    rec.version,
+                    "error",
                     f"plugin.duplicate: {rec.kind} {rec.name!r} already provided by {seen[key].distribution}",
                 )
             elif rec.status == "ok":
