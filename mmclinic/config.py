@@ -39,6 +39,7 @@ class PacsPeer(BaseModel):
 
     ae_title: str
     host: str = "127.0.0.1"
+    site: str = "default"  # the site its studies (and the cases made from them) belong to
 
 
 class PacsSettings(BaseModel):
@@ -58,6 +59,11 @@ class PacsSettings(BaseModel):
     tls_key: Path | None = None
     tls_ca: Path | None = None
     write_seg: bool = False
+    # Outbox (results to destinations): spool folder (default data_dir/pacs/outbox), retry back-off and cap.
+    outbox_dir: Path | None = None
+    retry_initial_s: float = 5.0
+    retry_max_s: float = 600.0
+    poll_seconds: float = 2.0  # how often the listener checks quiet studies, finished jobs and the outbox
 
 
 class BatchSettings(BaseModel):

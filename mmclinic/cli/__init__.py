@@ -21,6 +21,12 @@ app = typer.Typer(
 # command set is explicit; modules import heavy dependencies inside the command bodies).
 _COMMAND_MODULES = [
     "mmclinic.cli.plugins",
+    "mmclinic.cli.inspect",
+    "mmclinic.cli.model",
+    "mmclinic.cli.synth",
+    "mmclinic.cli.server",
+    "mmclinic.cli.pacs",
+    "mmclinic.cli.score",
 ]
 
 for _mod in _COMMAND_MODULES:

@@ -1,0 +1,169 @@
+"""Checkpoint files: weights of the trainable parts + metadata, saved and validated against installed plugins."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmclinic import __version__
+from mmclinic.case import sha256_file, stable_hash
+from mmclinic.errors import ModelError
+from mmclinic.logs import event
+from mmclinic.plugin_api import ModalityPlugin, TaskSpec
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mmclinic-checkpoint/1"
+CHECKPOINT_NAME = "model.pt"  # the final, calibrated checkpoint inside a training-run folder
+
+
+def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
+    """JSON-normalised TaskSpec (tuples become lists) so saved and live specs compare equal."""
+    return json.loads(json.dumps(asdict(spec)))  # type: ignore[no-any-return]
+
+
+def frozen_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that belong to frozen sub-modules (e.g. a frozen text transformer).
+
+    They are not stored: the plugin rebuilds them from its installed package, which keeps the
+    bundled checkpoint small and avoids a second copy of a third-party model. A key is frozen when
+    it is a parameter with ``requires_grad=False``, or a buffer of a module whose parameters (own and
+    descendants') are all frozen; buffers of trainable modules (e.g. normalisation stats, the
+    temperature) are kept.
+    """
+    keys: set[str] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            keys.add(name)
+    for mod_name, mod in model.named_modules():
+        params = list(mod.parameters())
+        if params and not any(p.requires_grad for p in params):
+            for b_name, _ in mod.named_buffers():
+                keys.add(f"{mod_name}.{b_name}" if mod_name else b_name)
+    return keys
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, Any]:
+    """State dict without frozen keys, detached on CPU."""
+    skip = frozen_keys(model)
+    out: dict[str, Any] = {}
+    for k, v in model.state_dict().items():
+        if k in skip:
+            continue
+        # Extra state (e.g. a backbone hash an encoder checks on load) is plain data, kept as is.
+        out[k] = v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v
+    return out
+
+
+def plugin_versions_compatible(saved: str, installed: str) -> bool:
+    """Same major.minor: a patch release must not change preprocessing or encoder layout."""
+    return saved.split(".")[:2] == installed.split(".")[:2]
+
+
+def preprocessing_hash(spec: TaskSpec, plugins: dict[str, ModalityPlugin]) -> str:
+    """Hash of everything that shapes model inputs: task spec, plugin names/versions/configs."""
+    return stable_hash(
+        {
+            "spec": spec_to_dict(spec),
+            "plugins": {
+                m: {"name": p.name, "version": p.version, "config": p.config.model_dump(mode="json")}
+                for m, p in sorted(plugins.items())
+            },
+        }
+    )
+
+
+def build_meta(
+    *,
+    task_name: str,
+    task_version: str,
+    plugins: dict[str, ModalityPlugin],
+    spec: TaskSpec,
+    fusion: dict[str, Any],
+    detection: dict[str, Any],
+    normalization: dict[str, Any],
+    temperature: list[float],
+    training: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Checkpoint metadata (plain JSON types only, so it loads with ``weights_only=True``)."""
+    meta = {
+        "format": FORMAT,
+        "task": {"name": task_name, "version": task_version},
+        "plugins": {m: {"name": p.name, "version": p.version} for m, p in sorted(plugins.items())},
+        "spec": spec_to_dict(spec),
+        "preprocessing_hash": preprocessing_hash(spec, plugins),
+        "fusion": fusion,
+        "detection": detection,
+        "normalization": normalization,
+        "temperature": [float(t) for t in temperature],
+        "training": training,
+        "metrics": metrics or {},
+        "mmclinic_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return json.loads(json.dumps(meta))  # type: ignore[no-any-return]
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    """Write atomically (temp file + rename) and return the file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"meta": meta, "state_dict": trainable_state_dict(model)}
+    if extra:
+        payload.update(extra)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return sha256_file(path)
+
+
+def read_checkpoint(path: Path, *, with_extra: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file safely (``weights_only``); ModelError when it is not one of ours."""
+    if not path.is_file():
+        raise ModelError("model.not_found", f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling / zip error means a corrupt or foreign file
+        raise ModelError("model.corrupt", f"{path.name}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("meta"), dict):
+        raise ModelError("model.corrupt", f"{path.name} is not an mmclinic checkpoint")
+    if payload["meta"].get("format") != FORMAT:
+        raise ModelError("model.bad_format", f"format {payload['meta'].get('format')!r}, expected {FORMAT!r}")
+    if not with_extra:
+        payload = {"meta": payload["meta"], "state_dict": payload["state_dict"]}
+    return payload
+
+
+def check_compatible(meta: dict[str, Any], spec: TaskSpec, plugins: dict[str, ModalityPlugin], task_version: str) -> None:
+    """Raise ModelError with a precise reason when the installed task/plugins cannot run this checkpoint."""
+    for modality, want in meta["plugins"].items():
+        plugin = plugins.get(modality)
+        if plugin is None:
+            raise ModelError("model.plugin_missing", f"checkpoint needs a {modality!r} plugin ({want['name']})")
+        if plugin.name != want["name"]:
+            raise ModelError(
+                "model.plugin_mismatch",
+                f"{modality}: checkpoint was trained with {want['name']!r}, installed is {plugin.name!r}",
+            )
+        if not plugin_versions_compatible(want["version"], plugin.version):
+            raise ModelError(
+                "model.plugin_version_mismatch",
+                f"{plugin.name}: checkpoint needs {want['version']}, installed is {plugin.version}",
+            )
+        if want["version"] != plugin.version:
+            event(log, "model.plugin_patch_differs", plugin=plugin.name, saved=want["version"], installed=plugin.version)
+    live = spec_to_dict(spec)
+    saved = meta["spec"]
+    for key in ("tabular_schema", "imaging", "labels", "max_text_tokens"):
+        if saved.get(key) != live.get(key):
+            raise ModelError("model.schema_mismatch", f"task {spec.name!r}: {key} differs from the checkpoint")
+    t_saved = meta["task"]["version"]
+    if not plugin_versions_compatible(t_saved, task_version):
+        raise ModelError("model.task_version_mismatch", f"checkpoint task {t_saved}, installed {task_version}")

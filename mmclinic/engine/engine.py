@@ -1,0 +1,386 @@
+"""Inference engine: load a checkpoint, prepare cases through modality plugins, predict in batches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmclinic import __version__
+from mmclinic.case import Case, Finding, Prediction, Provenance, sha256_file
+from mmclinic.engine.checkpoint import CHECKPOINT_NAME, check_compatible, frozen_keys, read_checkpoint
+from mmclinic.engine.device import autocast, device_label, resolve_device
+from mmclinic.engine.geometry import voxel_to_patient
+from mmclinic.errors import InputError, MmclinicError, ModelError, PluginError
+from mmclinic.logs import event
+from mmclinic.model.batching import concat_batches, detach_cpu, to_device
+from mmclinic.model.detection import DetectionConfig, find_lesions, finding_risks
+from mmclinic.model.fusion import HEADS, Batch, FusionConfig, FusionModel
+from mmclinic.plugin_api import ModalityInput, ModalityPlugin, TaskPlugin, TaskSpec
+from mmclinic.registry import Registry, get_registry
+
+log = logging.getLogger(__name__)
+
+LESION_KEY = "lesion_logits"  # encoder extra: [B, 1, X, Y, Z] logits on the task's imaging grid
+T_TUMOR, T_MALIGNANT = HEADS.index("tumor_present"), HEADS.index("malignant")
+
+
+@dataclass
+class PreparedCase:
+    """A case after every modality plugin loaded and validated its input (no model work yet)."""
+
+    case_id: str
+    inputs: dict[str, ModalityInput]  # present modalities only
+    fingerprints: dict[str, str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def modalities_present(self) -> tuple[str, ...]:
+        """Modalities with an input, in a stable order."""
+        return tuple(sorted(self.inputs))
+
+    def without(self, *modalities: str) -> PreparedCase:
+        """Copy with some modalities removed (test-time ablation)."""
+        keep = {m: v for m, v in self.inputs.items() if m not in modalities}
+        fps = {k: v for k, v in self.fingerprints.items() if k.split(":", 1)[0] in keep}
+        return replace(self, inputs=keep, fingerprints=fps)
+
+
+@dataclass
+class BatchResult:
+    """Numbers for one batch (row order = input order)."""
+
+    logits: np.ndarray[Any, np.dtype[np.float32]]  # [B, len(HEADS)], before temperature
+    tumor_probability: np.ndarray[Any, np.dtype[np.float32]]
+    malignancy_risk: np.ndarray[Any, np.dtype[np.float32]]
+    lesion_prob: np.ndarray[Any, np.dtype[np.float32]] | None  # [B, X, Y, Z]
+    lesion_modality: str | None
+    contributions: list[dict[str, float]]
+    timings_ms: dict[str, float]
+
+
+def build_model(fusion: dict[str, Any], spec: TaskSpec, plugins: dict[str, ModalityPlugin]) -> FusionModel:
+    """A fresh FusionModel with each modality plugin's encoder."""
+    cfg = FusionConfig.from_dict(fusion)
+    encoders = {m: plugins[m].build_encoder(cfg.d_model, spec) for m in cfg.modalities}
+    return FusionModel(encoders, cfg)
+
+
+def resolve_plugins(registry: Registry, modalities: Sequence[str]) -> dict[str, ModalityPlugin]:
+    """The installed modality plugin for each modality key; ModelError when one is missing."""
+    out: dict[str, ModalityPlugin] = {}
+    for m in modalities:
+        try:
+            plugin = registry.modality_for(m)
+        except PluginError as exc:
+            raise ModelError("model.plugin_missing", f"no installed plugin reads modality {m!r}") from exc
+        assert isinstance(plugin, ModalityPlugin)
+        out[m] = plugin
+    return out
+
+
+def resolve_model_path(model: str | Path, registry: Registry) -> Path:
+    """A checkpoint file from a file path, a training-run folder, or a task plugin name."""
+    p = Path(model)
+    if p.is_dir():
+        return p / CHECKPOINT_NAME
+    if p.is_file() or p.suffix == ".pt":
+        return p
+    try:
+        task = registry.get("task", str(model))
+    except PluginError as exc:
+        raise ModelError("model.not_found", f"{model!r} is neither a checkpoint, a run folder nor a task") from exc
+    assert isinstance(task, TaskPlugin)
+    weights = task.weights_path()
+    if weights is None:
+        raise ModelError("model.no_weights", f"task {model!r} ships no weights")
+    return weights
+
+
+class InferenceEngine:
+    """One loaded model. Thread-compatible for ``prepare``; ``predict*`` runs the model in batches."""
+
+    def __init__(
+        self,
+        model: FusionModel,
+        meta: dict[str, Any],
+        task: TaskPlugin,
+        plugins: dict[str, ModalityPlugin],
+        device: torch.device,
+        weights_sha256: str,
+        batch_size: int = 8,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.task = task
+        self.spec = task.spec()
+        self.plugins = plugins
+        self.device = device
+        self.weights_sha256 = weights_sha256
+        self.batch_size = batch_size
+        self.detection = DetectionConfig(**meta.get("detection", {}))
+        self.task_name = task.name
+        self._plugin_versions = {p.name: p.version for p in plugins.values()}
+        self._preprocessing_hash = str(meta.get("preprocessing_hash", ""))
+
+    # -- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model: str | Path = "tumor-risk",
+        device: str | torch.device = "auto",
+        registry: Registry | None = None,
+        batch_size: int = 8,
+    ) -> InferenceEngine:
+        """Load a task's bundled weights, a run folder or a checkpoint file; validate it against plugins."""
+        reg = registry or get_registry()
+        path = resolve_model_path(model, reg)
+        payload = read_checkpoint(path)
+        return cls.from_payload(payload, reg, device, sha256_file(path), batch_size)
+
+    @classmethod
+    def from_payload(
+        cls,
+        payload: dict[str, Any],
+        registry: Registry,
+        device: str | torch.device = "auto",
+        weights_sha256: str = "",
+        batch_size: int = 8,
+    ) -> InferenceEngine:
+        """Build from an in-memory checkpoint (``{"meta", "state_dict"}``)."""
+        meta = payload["meta"]
+        try:
+            task = registry.get("task", meta["task"]["name"])
+        except PluginError as exc:
+            raise ModelError("model.task_missing", f"task plugin {meta['task']['name']!r} is not installed") from exc
+        assert isinstance(task, TaskPlugin)
+        spec = task.spec()
+        plugins = resolve_plugins(registry, list(meta["plugins"]))
+        check_compatible(meta, spec, plugins, task.version)
+        model = build_model(meta["fusion"], spec, plugins)
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        if unexpected:
+            raise ModelError("model.state_mismatch", f"unexpected weights: {', '.join(sorted(unexpected)[:5])}")
+        not_frozen = sorted(set(missing) - frozen_keys(model))
+        if not_frozen:
+            raise ModelError("model.state_mismatch", f"missing weights: {', '.join(not_frozen[:5])}")
+        dev = resolve_device(device)
+        event(log, "model.loaded", task=task.name, weights=weights_sha256[:12], device=dev.type)
+        return cls(model, meta, task, plugins, dev, weights_sha256, batch_size)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modalities the model was trained on."""
+        return self.model.cfg.modalities
+
+    # -- preparation ------------------------------------------------------------------------------
+    def load_modality(self, case: Case, modality: str) -> tuple[ModalityInput | None, float]:
+        """One modality's validated input (``None`` when absent) and the load time in ms."""
+        ref = case.inputs.get(modality)
+        if ref is None:
+            return None, 0.0
+        t0 = time.perf_counter()
+        try:
+            mi = self.plugins[modality].load(ref, self.spec)
+        except MmclinicError:
+            raise
+        except Exception as exc:  # a plugin bug on odd input must still surface as bad input
+            event(log, "case.load_failed", case=case.case_id, modality=modality, error=type(exc).__name__)
+            raise InputError(f"{modality}.load_failed", f"{type(exc).__name__}: {exc}") from exc
+        ms = (time.perf_counter() - t0) * 1000.0
+        if mi.summary.get("present") is False:
+            return None, ms  # e.g. an empty note list: the plugin says "nothing here", so the modality is absent
+        return mi, ms
+
+    def check_modalities(self, present: Sequence[str]) -> None:
+        """InputError when a required modality is missing or nothing usable is present."""
+        missing = [m for m in self.spec.required_modalities if m in self.modalities and m not in present]
+        if missing:
+            raise InputError("case.missing_modality", f"required modality absent: {', '.join(missing)}")
+        if not present:
+            raise InputError("case.no_modalities", f"none of {', '.join(self.modalities)} is present")
+
+    def prepare(self, case: Case) -> PreparedCase:
+        """Run each modality plugin's ``load``; InputError for bad or insufficient input."""
+        inputs: dict[str, ModalityInput] = {}
+        fps: dict[str, str] = {}
+        timings: dict[str, float] = {}
+        for m in self.modalities:
+            mi, ms = self.load_modality(case, m)
+            if m in case.inputs:
+                timings[f"load.{m}"] = ms
+            if mi is not None:
+                inputs[m] = mi
+                fps.update({f"{m}:{k}": v for k, v in mi.fingerprint.items()})
+        self.check_modalities(list(inputs))
+        return PreparedCase(case.case_id, inputs, fps, timings, dict(case.labels))
+
+    def case_batch(self, item: PreparedCase) -> Batch:
+        """One case's collated + precomputed inputs (batch size 1, CPU): the unit the trainer caches.
+
+        The frozen ``precompute`` runs per case so cached training inputs and live inference inputs
+        are produced by exactly the same code (no padding to other cases' lengths).
+        """
+        out: Batch = {}
+        with torch.inference_mode():
+            for m in self.modalities:
+                mi = item.inputs.get(m)
+                b = self.plugins[m].collate([mi], self.spec)
+                b = to_device({m: b}, self.device)[m]
+                enc = self.model.encoders[m]
+                fn = getattr(enc, "precompute", None)
+                with autocast(self.device):
+                    b = fn(b) if callable(fn) else b
+                out[m] = detach_cpu(b)
+        return out
+
+    # -- model ------------------------------------------------------------------------------------
+    def run(self, batch: Batch, contributions: bool = True, hide: torch.Tensor | None = None) -> BatchResult:
+        """Model on a precomputed batch: calibrated probabilities, lesion map, leave-one-out contributions."""
+        timings: dict[str, float] = {}
+        model = self.model
+        with torch.inference_mode(), autocast(self.device):
+            b = to_device(batch, self.device)
+            t0 = time.perf_counter()
+            encoded = model.encode(b)
+            t1 = time.perf_counter()
+            vis = model.visible(b)
+            base_hide = torch.zeros_like(vis) if hide is None else hide.to(vis.device)
+            logits = model.fuse(encoded, base_hide).float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            t2 = time.perf_counter()
+            probs = model.calibrated_probs(logits)
+            contrib: list[dict[str, float]] = [{} for _ in range(vis.shape[0])]
+            if contributions:
+                shown = vis & ~base_hide
+                for i, m in enumerate(model.cfg.modalities):
+                    if not shown[:, i].any():
+                        continue
+                    h = base_hide.clone()
+                    h[:, i] = True
+                    p_wo = model.calibrated_probs(model.fuse(encoded, h).float())[:, T_MALIGNANT]
+                    delta = (probs[:, T_MALIGNANT] - p_wo).cpu().numpy()
+                    for r in np.nonzero(shown[:, i].cpu().numpy())[0]:
+                        contrib[int(r)][m] = float(delta[r])
+            t3 = time.perf_counter()
+            lesion, lesion_mod = None, None
+            for m, eo in encoded.items():
+                if LESION_KEY in eo.extras:
+                    lesion = torch.sigmoid(eo.extras[LESION_KEY].float())[:, 0].cpu().numpy()
+                    lesion_mod = m
+        timings.update(encode=(t1 - t0) * 1e3, fusion=(t2 - t1) * 1e3, contributions=(t3 - t2) * 1e3)
+        return BatchResult(
+            logits.cpu().numpy(),
+            probs[:, T_TUMOR].cpu().numpy(),
+            probs[:, T_MALIGNANT].cpu().numpy(),
+            lesion,
+            lesion_mod,
+            contrib,
+            timings,
+        )
+
+    def run_ablations(self, batch: Batch) -> dict[str, np.ndarray[Any, np.dtype[np.float32]]]:
+        """Calibrated malignancy risk with each modality removed for every case (encoders run once)."""
+        model = self.model
+        out: dict[str, np.ndarray[Any, np.dtype[np.float32]]] = {}
+        with torch.inference_mode(), autocast(self.device):
+            b = to_device(batch, self.device)
+            encoded = model.encode(b)
+            vis = model.visible(b)
+            for i, m in enumerate(model.cfg.modalities):
+                hide = torch.zeros_like(vis)
+                hide[:, i] = True
+                probs = model.calibrated_probs(model.fuse(encoded, hide).float())
+                out[m] = probs[:, T_MALIGNANT].cpu().numpy()
+        return out
+
+    # -- predictions ------------------------------------------------------------------------------
+    def findings(
+        self, item: PreparedCase, lesion_prob: np.ndarray[Any, Any], case_risk: float, modality: str
+    ) -> tuple[Finding, ...]:
+        """Findings of one case from its lesion map, centres mapped to patient LPS mm."""
+        if modality not in item.inputs:
+            return ()
+        found = find_lesions(lesion_prob, self.spec.imaging.spacing_mm, self.detection)
+        risks = finding_risks(case_risk, [f.confidence for f in found])
+        m = modality
+        meta = item.inputs[m].meta
+        out = []
+        for f, risk in zip(found, risks, strict=True):
+            out.append(
+                Finding(
+                    center_mm=voxel_to_patient(self.plugins[m], meta, f.center_voxel),
+                    diameter_mm=round(f.diameter_mm, 2),
+                    confidence=f.confidence,
+                    malignancy_risk=risk,
+                    center_voxel=(
+                        int(round(f.center_voxel[0])),
+                        int(round(f.center_voxel[1])),
+                        int(round(f.center_voxel[2])),
+                    ),
+                )
+            )
+        return tuple(out)
+
+    def predict_prepared(self, items: Sequence[PreparedCase], contributions: bool = True) -> list[Prediction]:
+        """Predictions for prepared cases, batched by ``batch_size``."""
+        preds: list[Prediction] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = list(items[start : start + self.batch_size])
+            preds.extend(self._predict_chunk(chunk, contributions))
+        return preds
+
+    def _predict_chunk(self, chunk: list[PreparedCase], contributions: bool) -> list[Prediction]:
+        t0 = time.perf_counter()
+        batches = [self.case_batch(it) for it in chunk]
+        t_pre = (time.perf_counter() - t0) * 1e3 / len(chunk)
+        res = self.run(concat_batches(batches), contributions=contributions)
+        n = len(chunk)
+        out: list[Prediction] = []
+        for r, item in enumerate(chunk):
+            t1 = time.perf_counter()
+            risk = float(res.malignancy_risk[r])
+            finds: tuple[Finding, ...] = ()
+            if res.lesion_prob is not None and res.lesion_modality is not None:
+                finds = self.findings(item, res.lesion_prob[r], risk, res.lesion_modality)
+            timings = dict(item.timings_ms)
+            timings["precompute"] = t_pre
+            timings.update({k: v / n for k, v in res.timings_ms.items()})
+            timings["postprocess"] = (time.perf_counter() - t1) * 1e3
+            prov = Provenance(
+                weights_sha256=self.weights_sha256,
+                task=self.task.name,
+                task_version=self.task.version,
+                plugin_versions=dict(self._plugin_versions),
+                mmclinic_version=__version__,
+                preprocessing_hash=self._preprocessing_hash,
+                input_fingerprints=dict(item.fingerprints),
+                device=device_label(self.device),
+                timings_ms={k: round(v, 3) for k, v in timings.items()},
+                modalities_present=item.modalities_present,
+            )
+            out.append(
+                Prediction(
+                    case_id=item.case_id,
+                    task=self.task.name,
+                    tumor_probability=float(res.tumor_probability[r]),
+                    malignancy_risk=risk,
+                    findings=finds,
+                    modality_contributions=res.contributions[r],
+                    provenance=prov,
+                )
+            )
+        event(log, "predict.batch", cases=n, device=self.device.type)
+        return out
+
+    def predict(self, cases: Sequence[Case]) -> list[Prediction]:
+        """Prepare and predict; any bad case raises InputError (use ``prepare`` per case to isolate)."""
+        return self.predict_prepared([self.prepare(c) for c in cases])

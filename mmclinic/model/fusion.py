@@ -1,0 +1,201 @@
+"""Token-level attention fusion: CLS + modality-type embeddings + pre-norm transformer + task heads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmclinic.plugin_api import EncoderOutput
+
+# Order of the case-level heads in ``ModelOutput.logits``.
+HEADS: tuple[str, ...] = ("tumor_present", "malignant")
+
+Batch = dict[str, dict[str, torch.Tensor]]  # modality -> that plugin's collated (and precomputed) batch
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Shape and regularisation of the fusion model (stored in every checkpoint)."""
+
+    modalities: tuple[str, ...]
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.1
+    modality_dropout: float = 0.3  # per-modality probability of being hidden from the CLS during training
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FusionConfig:
+        """Inverse of ``to_dict``."""
+        return cls(**{**d, "modalities": tuple(d["modalities"])})
+
+
+@dataclass
+class ModelOutput:
+    """Raw outputs: case logits ``[B, len(HEADS)]`` (before temperature), per-modality aux logits and extras."""
+
+    logits: torch.Tensor
+    aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # modality -> encoder extras
+    visible: torch.Tensor | None = None  # [B, M] bool: modality seen by the CLS (after dropout/ablation)
+
+
+class FusionModel(nn.Module):
+    """Generic over modalities: whatever encoders the task's modality plugins provide.
+
+    Each encoder maps its modality's batch to ``EncoderOutput`` tokens ``[B, N_m, d_model]``.
+    Tokens of all modalities are concatenated after a CLS token; a modality-type embedding tells
+    the transformer where each token came from. Absent (or dropped) modalities are removed with
+    the key-padding mask, so the CLS never attends to them; the CLS itself is never masked, which
+    keeps every attention row non-empty (no NaN) even when a case has a single modality.
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], cfg: FusionConfig) -> None:
+        super().__init__()
+        if set(encoders) != set(cfg.modalities):
+            raise ValueError(f"encoders {sorted(encoders)} do not match modalities {list(cfg.modalities)}")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.encoders = nn.ModuleDict({m: encoders[m] for m in cfg.modalities})
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.type_emb = nn.Parameter(torch.zeros(len(cfg.modalities), d))
+        nn.init.normal_(self.cls, std=0.02)
+        nn.init.normal_(self.type_emb, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d,
+            nhead=cfg.n_heads,
+            dim_feedforward=d * cfg.ff_mult,
+            dropout=cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # Nested tensors would change numerics between train and eval; keep one path.
+        self.fusion = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, len(HEADS))
+        # Auxiliary heads on each modality's pooled tokens give every encoder its own gradient signal,
+        # so one strong modality cannot leave the others untrained (helps single-modality robustness).
+        self.aux_heads = nn.ModuleDict({m: nn.Linear(d, len(HEADS)) for m in cfg.modalities})
+        # Temperature per head, fitted on validation after training (1.0 = uncalibrated).
+        self.register_buffer("temperature", torch.ones(len(HEADS)))
+        # Logit adjustment undoing class re-weighting: training with positive weight w shifts the
+        # optimal logit by +log(w), which temperature scaling alone (no bias) cannot remove.
+        self.register_buffer("logit_offset", torch.zeros(len(HEADS)))
+
+    # -- stages -------------------------------------------------------------------------------------
+    def precompute(self, batch: Batch) -> Batch:
+        """Run each encoder's frozen, deterministic ``precompute`` (identity when it has none)."""
+        out: Batch = {}
+        for m, b in batch.items():
+            enc = self.encoders[m] if m in self.encoders else None
+            fn = getattr(enc, "precompute", None)
+            out[m] = fn(b) if callable(fn) else b
+        return out
+
+    def encode(self, batch: Batch) -> dict[str, EncoderOutput]:
+        """Encoder outputs per modality, with tokens of absent cases masked as padding."""
+        encoded: dict[str, EncoderOutput] = {}
+        for m in self.cfg.modalities:
+            if m not in batch:
+                continue
+            eo = self.encoders[m](batch[m])
+            present = batch[m]["present"].to(eo.pad_mask.device).bool()
+            pad = eo.pad_mask.bool() | ~present[:, None]
+            encoded[m] = EncoderOutput(eo.tokens, pad, eo.extras)
+        return encoded
+
+    def fuse(self, encoded: Mapping[str, EncoderOutput], hide: torch.Tensor | None = None) -> torch.Tensor:
+        """Case logits ``[B, len(HEADS)]`` from encoder outputs; ``hide`` ``[B, M]`` removes modalities."""
+        any_eo = next(iter(encoded.values()))
+        bsz = any_eo.tokens.shape[0]
+        device = any_eo.tokens.device
+        toks = [self.cls.expand(bsz, -1, -1).to(any_eo.tokens.dtype)]
+        masks = [torch.zeros(bsz, 1, dtype=torch.bool, device=device)]
+        for i, m in enumerate(self.cfg.modalities):
+            if m not in encoded:
+                continue
+            eo = encoded[m]
+            toks.append(eo.tokens + self.type_emb[i].to(eo.tokens.dtype))
+            pad = eo.pad_mask
+            if hide is not None:
+                pad = pad | hide[:, i : i + 1]
+            masks.append(pad)
+        x = torch.cat(toks, dim=1)
+        mask = torch.cat(masks, dim=1)
+        x = self.fusion(x, src_key_padding_mask=mask)
+        return self.head(self.norm(x[:, 0]))  # type: ignore[no-any-return]
+
+    def aux(self, encoded: Mapping[str, EncoderOutput]) -> dict[str, torch.Tensor]:
+        """Per-modality logits from mean-pooled non-padding tokens (rows without tokens give 0-input)."""
+        out: dict[str, torch.Tensor] = {}
+        for m, eo in encoded.items():
+            keep = (~eo.pad_mask).to(eo.tokens.dtype)[..., None]
+            pooled = (eo.tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+            out[m] = self.aux_heads[m](pooled)
+        return out
+
+    def visible(self, batch: Batch) -> torch.Tensor:
+        """``[B, M]`` bool: which modalities each case has."""
+        ref = next(iter(batch.values()))["present"]
+        cols = [
+            batch[m]["present"].bool() if m in batch else torch.zeros_like(ref, dtype=torch.bool)
+            for m in self.cfg.modalities
+        ]
+        return torch.stack(cols, dim=1)
+
+    def sample_hide(self, visible: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Modality dropout: hide each present modality with probability p, but keep at least one."""
+        p = self.cfg.modality_dropout
+        r = torch.rand(visible.shape, generator=generator, device=visible.device)
+        keep = visible & (r >= p)
+        none_left = ~keep.any(dim=1)
+        if none_left.any():
+            # Keep the present modality with the highest random score: uniform among those present.
+            score = torch.where(visible, r, torch.full_like(r, -1.0))
+            rescue = torch.nn.functional.one_hot(score.argmax(dim=1), visible.shape[1]).bool()
+            keep = torch.where(none_left[:, None], rescue & visible, keep)
+        return visible & ~keep
+
+    def forward(
+        self,
+        batch: Batch,
+        hide: torch.Tensor | None = None,
+        modality_dropout: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ModelOutput:
+        """Full pass on an already precomputed batch."""
+        encoded = self.encode(batch)
+        vis = self.visible(batch).to(next(iter(encoded.values())).tokens.device)
+        if hide is None and modality_dropout and self.cfg.modality_dropout > 0:
+            hide = self.sample_hide(vis, generator)
+        logits = self.fuse(encoded, hide)
+        extras = {m: dict(eo.extras) for m, eo in encoded.items() if eo.extras}
+        shown = vis if hide is None else vis & ~hide
+        return ModelOutput(logits, self.aux(encoded), extras, shown)
+
+    def calibrated_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid of temperature-scaled logits, per head."""
+        temp: torch.Tensor = self.temperature  # type: ignore[assignment]
+        return torch.sigmoid(self.adjusted(logits) / temp.to(logits.device))
+
+    def adjusted(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits with the class-weighting offset removed (before temperature)."""
+        offset: torch.Tensor = self.logit_offset  # type: ignore[assignment]
+        return logits.float() + offset.to(logits.device)
+
+
+def modality_index(cfg: FusionConfig, names: Sequence[str]) -> list[int]:
+    """Column indices of ``names`` in ``[B, M]`` masks (unknown names ignored)."""
+    return [cfg.modalities.index(n) for n in names if n in cfg.modalities]

@@ -1,0 +1,1 @@
+"""Alembic migration environment of the store (a package so that env.py ships with the wheel)."""

@@ -1,0 +1,104 @@
+"""Cohort data for training/evaluation: cases from a manifest, patient-level split, lesion ground truth."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmclinic.case import Case, stable_hash
+from mmclinic.engine.geometry import patient_to_voxel
+from mmclinic.errors import InputError, MmclinicError
+from mmclinic.logs import event
+from mmclinic.model.detection import sphere_mask
+from mmclinic.training.metrics import GtLesion
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cohort:
+    """Valid cases of a manifest, the rejected ones (reason codes) and per-case lesion ground truth."""
+
+    cases: list[Case]
+    rejected: dict[str, str] = field(default_factory=dict)
+    lesions: dict[str, list[GtLesion]] = field(default_factory=dict)
+    ground_truth: dict[str, Any] = field(default_factory=dict)  # the whole ground_truth.json (oracles etc.)
+
+
+def load_cohort(manifest: Path) -> Cohort:
+    """Cases via ``mmclinic.cohort.iter_cases`` plus ``ground_truth.json`` next to the manifest, if any."""
+    import importlib
+
+    # The manifest reader belongs to the cohort module (imported late: it is optional for inference).
+    cohort_mod = importlib.import_module("mmclinic.cohort")
+
+    if not manifest.is_file():
+        raise InputError("manifest.not_found", str(manifest))
+    cases: list[Case] = []
+    rejected: dict[str, str] = {}
+    for i, item in enumerate(cohort_mod.iter_cases(manifest)):
+        if isinstance(item, MmclinicError):
+            rejected[f"row{i}"] = item.reason
+        else:
+            cases.append(item)
+    gt_path = manifest.parent / "ground_truth.json"
+    gt: dict[str, Any] = json.loads(gt_path.read_text()) if gt_path.is_file() else {}
+    event(log, "cohort.loaded", cases=len(cases), rejected=len(rejected), ground_truth=bool(gt))
+    return Cohort(cases, rejected, lesions_from_ground_truth(gt), gt)
+
+
+def _case_entries(gt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    cases = gt.get("cases", {})
+    if isinstance(cases, list):
+        return {str(c["case_id"]): c for c in cases}
+    return {str(k): v for k, v in cases.items()}
+
+
+def lesions_from_ground_truth(gt: dict[str, Any]) -> dict[str, list[GtLesion]]:
+    """``case_id → lesions`` (centre LPS mm, diameter mm) from a ground_truth.json document."""
+    out: dict[str, list[GtLesion]] = {}
+    for cid, entry in _case_entries(gt).items():
+        lesions = entry.get("lesions", []) or []
+        out[cid] = [
+            GtLesion(tuple(float(v) for v in les["center_mm"]), float(les["diameter_mm"]))  # type: ignore[arg-type]
+            for les in lesions
+        ]
+    return out
+
+
+def case_scores(gt: dict[str, Any], key: str) -> dict[str, float]:
+    """A per-case number from ground truth (e.g. ``p_malignant``), where present."""
+    return {cid: float(e[key]) for cid, e in _case_entries(gt).items() if e.get(key) is not None}
+
+
+def patient_split(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Train/validation split by patient: every case of a patient lands on the same side."""
+    train: list[Case] = []
+    val: list[Case] = []
+    for c in cases:
+        # A hash, not a shuffle: the assignment of a patient never depends on which other cases exist.
+        u = int(stable_hash({"patient": c.patient_id, "seed": seed})[:8], 16) / 0xFFFFFFFF
+        (val if u < val_fraction else train).append(c)
+    return train, val
+
+
+def lesion_target(
+    lesions: Sequence[GtLesion],
+    imaging_plugin: Any,
+    meta: dict[str, Any],
+    size: tuple[int, int, int],
+    spacing_mm: tuple[float, float, float],
+) -> torch.Tensor:
+    """``[1, X, Y, Z]`` float mask: a ball per ground-truth lesion, mapped into the model's grid."""
+    mask = np.zeros(size, dtype=bool)
+    for les in lesions:
+        centre = patient_to_voxel(imaging_plugin, meta, les.center_mm)
+        mask |= sphere_mask(size, centre, max(les.diameter_mm / 2.0, 1e-3), spacing_mm)
+    return torch.from_numpy(mask.astype(np.float32))[None]

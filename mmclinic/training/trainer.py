@@ -1,0 +1,383 @@
+"""``mmclinic train``: cached inputs, patient-level split, weighted multi-task loss, early stopping, calibration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmclinic.case import IMAGING, Case
+from mmclinic.engine.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from mmclinic.engine.device import autocast, resolve_device
+from mmclinic.engine.engine import LESION_KEY, T_MALIGNANT, T_TUMOR, InferenceEngine
+from mmclinic.engine.factory import ModelParts, model_meta, new_model, task_parts
+from mmclinic.errors import ConfigError, InputError
+from mmclinic.logs import event
+from mmclinic.model.batching import to_device
+from mmclinic.model.calibration import fit_temperature
+from mmclinic.model.fusion import FusionModel
+from mmclinic.registry import Registry, get_registry
+from mmclinic.training.cache import CachedInput, CaseCache, batch_of, safe_get
+from mmclinic.training.data import Cohort, lesion_target, load_cohort, patient_split
+from mmclinic.training.metrics import auroc, ece, youden_threshold
+from mmclinic.training.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a run (recorded in the checkpoint)."""
+
+    task: str = "tumor-risk"
+    modalities: tuple[str, ...] = ()  # empty: every modality the task accepts
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+    modality_dropout: float = 0.3
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    val_fraction: float = 0.2
+    seed: int = 0
+    max_minutes: float = 0.0  # 0: no limit
+    aux_weight: float = 0.3
+    lesion_weight: float = 1.0
+    lesion_pos_weight: float = 20.0
+    max_pos_weight: float = 10.0
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+
+@dataclass
+class Example:
+    """One training case: cached inputs, labels, lesion target (imaging cases with ground truth)."""
+
+    case_id: str
+    patient_id: str
+    inputs: dict[str, CachedInput]
+    y: torch.Tensor  # [len(HEADS)]
+    lesion: torch.Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    """Where the run wrote its outputs and how it went."""
+
+    out: Path
+    checkpoint: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _labels(case: Case) -> torch.Tensor | None:
+    try:
+        malignant = float(case.labels["malignant"])
+        tumor = float(case.labels.get("tumor_present", malignant))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return torch.tensor([tumor, malignant], dtype=torch.float32)
+
+
+def build_examples(
+    cohort: Cohort, cache: CaseCache, parts: ModelParts, progress: bool = True
+) -> tuple[list[Example], dict[str, str]]:
+    """Cache every case (the expensive part, once per cohort) and attach labels + lesion targets."""
+    examples: list[Example] = []
+    rejected = dict(cohort.rejected)
+    spec = parts.spec
+    with progress_bar("caching inputs", len(cohort.cases), enabled=progress) as advance:
+        for case in cohort.cases:
+            advance()
+            y = _labels(case)
+            if y is None:
+                rejected[case.case_id] = "labels.missing"
+                continue
+            got = safe_get(cache, case)
+            if not isinstance(got, dict):
+                rejected[case.case_id] = got.reason
+                continue
+            target = None
+            img = got.get(IMAGING)
+            if img is not None and img.present and case.case_id in cohort.lesions:
+                target = lesion_target(
+                    cohort.lesions[case.case_id],
+                    parts.plugins[IMAGING],
+                    img.meta,
+                    spec.imaging.size,
+                    spec.imaging.spacing_mm,
+                )
+            examples.append(Example(case.case_id, case.patient_id, got, y, target))
+    event(log, "train.cached", cases=len(examples), rejected=len(rejected), hits=cache.hits, misses=cache.misses)
+    return examples, rejected
+
+
+class Trainer:
+    """One training run in ``out``; call ``run`` (resumes from ``out/last.pt`` when present)."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, registry: Registry | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.progress = progress
+        self.registry = registry or get_registry()
+        self.parts = task_parts(self.registry, cfg.task, cfg.modalities or None)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = new_model(
+            self.parts,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            dropout=cfg.dropout,
+            modality_dropout=cfg.modality_dropout,
+        )
+        self.modalities = self.model.cfg.modalities
+        # An engine around the untrained model prepares and precomputes inputs exactly as inference will.
+        self.prep_engine = InferenceEngine(
+            self.model, {}, self.parts.task, self.parts.plugins, self.device, weights_sha256=""
+        )
+
+    # -- data -------------------------------------------------------------------------------------
+    def batch(self, exs: list[Example]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
+        """Model batch, labels ``[B, 2]`` and lesion targets ``[B, 1, X, Y, Z]`` (zeros where unknown)."""
+        b = to_device(batch_of([e.inputs for e in exs], self.modalities), self.device)
+        y = torch.stack([e.y for e in exs]).to(self.device)
+        if IMAGING not in self.modalities:
+            return b, y, None
+        size = self.parts.spec.imaging.size
+        lt = torch.stack([e.lesion if e.lesion is not None else torch.zeros(1, *size) for e in exs])
+        return b, y, lt.to(self.device)
+
+    # -- loss -------------------------------------------------------------------------------------
+    def loss(
+        self,
+        model: FusionModel,
+        batch: dict[str, dict[str, torch.Tensor]],
+        y: torch.Tensor,
+        lesion: torch.Tensor | None,
+        has_target: torch.Tensor | None,
+        pos_weight: torch.Tensor,
+        train: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Total loss and the case logits."""
+        cfg = self.cfg
+        with autocast(self.device):
+            out = model(batch, modality_dropout=train)
+        logits = out.logits.float()
+        bce = nn.functional.binary_cross_entropy_with_logits
+        loss = bce(logits, y, pos_weight=pos_weight)
+        vis = model.visible(batch)
+        for i, m in enumerate(self.modalities):
+            rows = vis[:, i]
+            if cfg.aux_weight > 0 and rows.any():
+                loss = loss + cfg.aux_weight * bce(out.aux_logits[m][rows].float(), y[rows], pos_weight=pos_weight)
+        if lesion is not None and has_target is not None and has_target.any() and cfg.lesion_weight > 0:
+            for extras in out.extras.values():
+                if LESION_KEY not in extras:
+                    continue
+                pred = extras[LESION_KEY][has_target].float()
+                tgt = lesion[has_target]
+                lw = torch.tensor(cfg.lesion_pos_weight, device=pred.device)
+                l_bce = bce(pred, tgt, pos_weight=lw)
+                prob = torch.sigmoid(pred)
+                inter = (prob * tgt).flatten(1).sum(1)
+                denom = (prob + tgt).flatten(1).sum(1)
+                # Dice only where a lesion exists: on empty scans it is undefined, BCE handles those.
+                has_les = tgt.flatten(1).sum(1) > 0
+                l_dice = (1 - (2 * inter + 1) / (denom + 1))[has_les].mean() if has_les.any() else pred.sum() * 0
+                loss = loss + cfg.lesion_weight * (l_bce + l_dice)
+        return loss, logits
+
+    @torch.no_grad()
+    def predict_logits(self, exs: list[Example]) -> torch.Tensor:
+        """Case logits (no dropout) for a list of examples."""
+        self.model.eval()
+        outs = []
+        for i in range(0, len(exs), 32):
+            b, _, _ = self.batch(exs[i : i + 32])
+            with autocast(self.device):
+                outs.append(self.model(b).logits.float().cpu())
+        return torch.cat(outs) if outs else torch.zeros(0, 2)
+
+    # -- run --------------------------------------------------------------------------------------
+    def run(self, manifest: Path, cache_dir: Path | None = None, resume: bool = True) -> TrainResult:
+        """Cache, split, train with early stopping, calibrate on validation, write ``model.pt``."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        cohort = load_cohort(manifest)
+        cache = CaseCache(cache_dir or self.out / "cache", self.prep_engine)
+        examples, rejected = build_examples(cohort, cache, self.parts, self.progress)
+        train_cases, val_cases = patient_split(
+            [Case(e.case_id, e.patient_id) for e in examples], cfg.val_fraction, cfg.seed
+        )
+        train_ids = {c.case_id for c in train_cases}
+        train = [e for e in examples if e.case_id in train_ids]
+        val = [e for e in examples if e.case_id not in train_ids]
+        if not train or not val:
+            raise InputError("train.too_few_cases", f"{len(train)} training / {len(val)} validation cases")
+        overlap = {e.patient_id for e in train} & {e.patient_id for e in val}
+        assert not overlap, "patient-level split violated"
+
+        y_train = torch.stack([e.y for e in train])
+        pos = y_train.sum(0)
+        # Positive weight per head (class imbalance), capped so a rare label cannot dominate the loss.
+        pos_weight = ((len(train) - pos) / pos.clamp(min=1)).clamp(1.0, cfg.max_pos_weight).to(self.device)
+        self.model.logit_offset.copy_(-torch.log(pos_weight).cpu())  # type: ignore[operator]
+
+        normalization = self._fit_normalization(train)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
+        state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": [], "stopped": ""}
+        meta_train = {
+            "config": cfg.to_dict(),
+            "manifest": str(manifest),
+            "n_train": len(train),
+            "n_val": len(val),
+            "rejected": len(rejected),
+            "pos_weight": pos_weight.tolist(),
+        }
+        if resume and (self.out / LAST).is_file():
+            state = self._resume(opt, sched)
+        start = time.monotonic()
+        self.model.to(self.device)
+        while state["epoch"] < cfg.epochs and not state["stopped"]:
+            epoch = state["epoch"] + 1
+            t0 = time.monotonic()
+            train_loss = self._epoch(train, opt, pos_weight, epoch)
+            sched.step()
+            val_logits = self.predict_logits(val)
+            y_val = torch.stack([e.y for e in val])
+            val_auc = auroc(val_logits[:, T_MALIGNANT].numpy(), y_val[:, T_MALIGNANT].numpy())
+            tumor_auc = auroc(val_logits[:, T_TUMOR].numpy(), y_val[:, T_TUMOR].numpy())
+            score = val_auc if np.isfinite(val_auc) else -float(train_loss)
+            rec = {"epoch": epoch, "train_loss": train_loss, "val_auroc": val_auc, "val_tumor_auroc": tumor_auc,
+                   "seconds": round(time.monotonic() - t0, 1)}
+            state["history"].append(rec)
+            event(log, "train.epoch", epoch=epoch, loss=round(train_loss, 4), val_auroc=round(val_auc, 4))
+            state["epoch"] = epoch
+            if score > state["best"] + 1e-4:
+                state.update(best=score, best_epoch=epoch, bad=0)
+                save_checkpoint(self.out / BEST, self.model, self._meta(normalization, meta_train))
+            else:
+                state["bad"] += 1
+                if state["bad"] >= cfg.patience:
+                    state["stopped"] = "early_stopping"
+            if cfg.max_minutes and (time.monotonic() - start) / 60 > cfg.max_minutes:
+                state["stopped"] = state["stopped"] or "time_limit"
+            self._save_last(opt, sched, state, normalization, meta_train)
+        return self._finish(val, state, normalization, meta_train, rejected)
+
+    def _fit_normalization(self, train: list[Example]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in self.modalities:
+            enc = self.model.encoders[m]
+            fit = getattr(enc, "fit_normalization", None)
+            if callable(fit):
+                # Normalisation statistics come from training cases only (no validation leakage).
+                out[m] = fit(e.inputs[m].batch for e in train if e.inputs[m].present)
+        return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]
+
+    def _epoch(self, train: list[Example], opt: torch.optim.Optimizer, pos_weight: torch.Tensor, epoch: int) -> float:
+        cfg = self.cfg
+        self.model.train()
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout / modality dropout: reproducible after resume
+        order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(len(train))
+        total, n = 0.0, 0
+        steps = range(0, len(order), cfg.batch_size)
+        with progress_bar(f"epoch {epoch}", len(steps), enabled=self.progress) as advance:
+            for i in steps:
+                exs = [train[j] for j in order[i : i + cfg.batch_size]]
+                b, y, lt = self.batch(exs)
+                has_t = torch.tensor([e.lesion is not None for e in exs], device=self.device)
+                loss, _ = self.loss(self.model, b, y, lt, has_t, pos_weight, train=True)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 5.0)
+                opt.step()
+                total += float(loss) * len(exs)
+                n += len(exs)
+                advance()
+        return total / max(n, 1)
+
+    def _meta(self, normalization: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        return model_meta(self.parts, self.model, normalization=normalization, training=training, metrics=metrics)
+
+    def _save_last(
+        self, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any], norm: dict[str, Any], training: dict[str, Any]
+    ) -> None:
+        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_state": json.dumps(state)}
+        save_checkpoint(self.out / LAST, self.model, self._meta(norm, training), extra=extra)
+
+    def _resume(self, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+        payload = read_checkpoint(self.out / LAST, with_extra=True)
+        if payload["meta"]["fusion"] != self.model.cfg.to_dict():
+            raise ConfigError("train.resume_mismatch", f"{self.out / LAST} was written with another model config")
+        self.model.load_state_dict(payload["state_dict"], strict=False)
+        opt.load_state_dict(payload["optimizer"])
+        sched.load_state_dict(payload["scheduler"])
+        state: dict[str, Any] = json.loads(payload["train_state"])
+        event(log, "train.resumed", epoch=state["epoch"], best_epoch=state["best_epoch"])
+        return state
+
+    def _finish(
+        self, val: list[Example], state: dict[str, Any], norm: dict[str, Any], training: dict[str, Any], rejected: dict[str, str]
+    ) -> TrainResult:
+        """Best weights → temperature per head + operating threshold on validation → ``model.pt``."""
+        best = read_checkpoint(self.out / BEST)
+        self.model.load_state_dict(best["state_dict"], strict=False)
+        raw = self.predict_logits(val)
+        adjusted = self.model.adjusted(raw)
+        y_val = torch.stack([e.y for e in val])
+        temps = [fit_temperature(adjusted[:, h], y_val[:, h]) for h in range(raw.shape[1])]
+        self.model.temperature.copy_(torch.tensor(temps))  # type: ignore[operator]
+        probs = self.model.calibrated_probs(raw).numpy()
+        risk, y_m = probs[:, T_MALIGNANT], y_val[:, T_MALIGNANT].numpy()
+        metrics = {
+            "val_auroc": auroc(risk, y_m),
+            "val_ece": ece(risk, y_m),
+            "val_tumor_auroc": auroc(probs[:, T_TUMOR], y_val[:, T_TUMOR].numpy()),
+            "threshold": youden_threshold(risk, y_m),  # operating point chosen on validation only
+            "temperature": temps,
+            "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"],
+            "stopped": state["stopped"] or "max_epochs",
+        }
+        training = {**training, "history": state["history"]}
+        ckpt = self.out / CHECKPOINT_NAME
+        sha = save_checkpoint(ckpt, self.model, self._meta(norm, training, metrics))
+        summary = {"checkpoint": str(ckpt), "weights_sha256": sha, **metrics, "n_rejected": len(rejected),
+                   "rejected_reasons": sorted(set(rejected.values())), "history": state["history"]}
+        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        event(log, "train.done", auroc=round(metrics["val_auroc"], 4), epochs=state["epoch"], sha=sha[:12])
+        return TrainResult(self.out, ckpt, summary)
+
+
+def train(
+    manifest: Path,
+    out: Path,
+    cfg: TrainConfig | None = None,
+    cache_dir: Path | None = None,
+    registry: Registry | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Library entry point of ``mmclinic train``."""
+    return Trainer(cfg or TrainConfig(), out, registry, progress).run(manifest, cache_dir, resume)

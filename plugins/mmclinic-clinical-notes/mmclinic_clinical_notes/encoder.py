@@ -1,0 +1,206 @@
+"""Notes encoder: frozen transformer over windows (precompute) -> owned token states -> attention pooling to K tokens.
+
+Batch formats (every tensor has the case axis first, and zero / False is padding on every other
+axis, so the trainer can cache ``precompute`` output per case and re-stack it by zero-padding):
+
+* collated: ``input_ids`` / ``attention_mask`` long [B, W, T], ``keep_mask`` bool [B, W, T] (tokens a
+  window owns), ``window_type`` long [B, W], ``present`` bool [B];
+* precomputed, all layers frozen: ``token_states`` float [B, L, H], ``token_valid`` bool [B, L],
+  ``token_type`` long [B, L], ``present``;
+* precomputed with ``finetune_top_layers = N > 0``: ``hidden`` float [B, W, T, H] (output of the frozen
+  layers), ``attention_mask``, ``keep_mask``, ``window_type``, ``present``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from mmclinic.errors import ConfigError, ModelError
+from mmclinic.logs import event
+from mmclinic.plugin_api import EncoderOutput
+from mmclinic_clinical_notes.backbone import (
+    attention_mask_for_layers,
+    backbone_parts,
+    get_model,
+    resolve_model_path,
+    run_layers,
+    weights_sha256,
+)
+from mmclinic_clinical_notes.config import NotesConfig
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+class NotesEncoder(nn.Module):
+    """Text tokens ``[B, K, d_model]`` for a batch of cases; the frozen model is shared, not a submodule.
+
+    The frozen part lives in the per-process model cache, so checkpoints hold only the trainable
+    part (pooling, projection, fine-tuned top layers) plus the backbone's weights SHA-256, which
+    ``load_state_dict`` checks so that pooling weights are never paired with another backbone.
+    """
+
+    def __init__(self, config: NotesConfig, d_model: int, max_tokens: int) -> None:
+        super().__init__()
+        self.config = config
+        self.model_path = resolve_model_path(config.model_path)
+        self.backbone_sha256 = weights_sha256(self.model_path)
+        base = get_model(self.model_path, "fp32", "cpu")
+        self.hf_config: Any = cast(Any, base.config)  # a transformers PretrainedConfig
+        self.hidden_size = int(self.hf_config.hidden_size)
+        n_layers = int(self.hf_config.num_hidden_layers)
+        if config.finetune_top_layers > n_layers:
+            raise ConfigError(
+                "notes.bad_finetune_layers", f"finetune_top_layers={config.finetune_top_layers} > {n_layers} layers"
+            )
+        self.frozen_layers = n_layers - config.finetune_top_layers
+        self.top_layers = nn.ModuleList()
+        if config.finetune_top_layers:
+            _, layers = backbone_parts(base)
+            # Copies: fine-tuning must not change the shared frozen model other encoders use.
+            self.top_layers.extend(copy.deepcopy(layers[i]) for i in range(self.frozen_layers, n_layers))
+            for p in self.top_layers.parameters():
+                p.requires_grad_(True)
+        h = self.hidden_size
+        self.max_tokens = max_tokens
+        # Index 0 is "other / unknown note type"; starts at zero so an untrained encoder ignores types.
+        self.type_embedding = nn.Embedding(len(config.note_types) + 1, h)
+        nn.init.zeros_(self.type_embedding.weight)
+        self.norm = nn.LayerNorm(h)
+        self.queries = nn.Parameter(torch.randn(max_tokens, h) * 0.02)
+        heads = config.pool_heads if h % config.pool_heads == 0 else 1
+        self.attn = nn.MultiheadAttention(h, heads, batch_first=True)
+        self.proj = nn.Linear(h, d_model)
+        self.out_norm = nn.LayerNorm(d_model)
+        self._warned_int8_device = False
+
+    # -- frozen part -------------------------------------------------------------------------
+
+    def _frozen_model(self, device: torch.device) -> nn.Module:
+        if self.config.quantize_int8 and device.type == "cpu":
+            return get_model(self.model_path, "int8", device)
+        if self.config.quantize_int8 and not self._warned_int8_device:
+            event(log, "notes.int8_skipped", device=device.type)
+            self._warned_int8_device = True
+        return get_model(self.model_path, "fp32", device)
+
+    def _run_frozen(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[n, T, H]`` of the frozen layers for ``n`` windows; zero at padding."""
+        n, t = ids.shape
+        out = torch.zeros(n, t, self.hidden_size, device=ids.device)
+        if n == 0:
+            return out
+        model = self._frozen_model(ids.device)
+        lengths = mask.sum(-1)
+        # Length-sorted chunks trimmed to their own longest window: short final windows do not pay
+        # for the batch's longest one.
+        order = torch.argsort(lengths, descending=True)
+        for chunk in torch.split(order, self.config.window_batch_size):
+            t_max = int(lengths[chunk].max())
+            c_ids, c_mask = ids[chunk, :t_max], mask[chunk, :t_max]
+            if self.top_layers:
+                embeddings, layers = backbone_parts(model)
+                hidden = embeddings(input_ids=c_ids)
+                layer_mask = attention_mask_for_layers(self.hf_config, hidden, c_mask)
+                hidden = run_layers(layers[: self.frozen_layers], hidden, layer_mask)
+            else:
+                hidden = model(input_ids=c_ids, attention_mask=c_mask).last_hidden_state
+            out[chunk, :t_max] = hidden.float() * c_mask.unsqueeze(-1)
+        return out
+
+    @torch.no_grad()
+    def precompute(self, batch: Batch) -> Batch:
+        """Run the frozen layers (deterministic, no grad); idempotent on an already precomputed batch."""
+        if "input_ids" not in batch:
+            return batch
+        ids, mask, keep = batch["input_ids"], batch["attention_mask"], batch["keep_mask"]
+        valid = mask.bool().any(-1)
+        hidden = self._run_frozen(ids[valid], mask[valid])
+        if self.top_layers:
+            full = torch.zeros(*ids.shape, self.hidden_size, device=ids.device)
+            full[valid] = hidden
+            return {
+                "hidden": full,
+                "attention_mask": mask,
+                "keep_mask": keep,
+                "window_type": batch["window_type"],
+                "present": batch["present"],
+            }
+        return self._owned_tokens(hidden, valid, keep, batch["window_type"], batch["present"])
+
+    def _owned_tokens(
+        self, hidden: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, window_type: torch.Tensor, present: Any
+    ) -> Batch:
+        """Gather each case's owned token states (each content token once) into ``[B, L, H]``."""
+        b = valid.shape[0]
+        keep_flat = keep[valid]  # [n, T], windows in (case, window) order
+        states = hidden[keep_flat]
+        types = window_type[valid].unsqueeze(-1).expand_as(keep_flat)[keep_flat]
+        counts = keep.flatten(1).sum(1)
+        parts = list(torch.split(states, counts.tolist()))
+        type_parts = list(torch.split(types, counts.tolist()))
+        # At least one (padding) position so that shapes stay valid when every case is absent.
+        parts.append(states.new_zeros(1, self.hidden_size))
+        type_parts.append(types.new_zeros(1))
+        token_states = pad_sequence(parts, batch_first=True)[:b]
+        token_type = pad_sequence(type_parts, batch_first=True)[:b]
+        length = token_states.shape[1]
+        token_valid = torch.arange(length, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+        return {"token_states": token_states, "token_valid": token_valid, "token_type": token_type, "present": present}
+
+    # -- trainable part ----------------------------------------------------------------------
+
+    def _run_top(self, batch: Batch) -> Batch:
+        hidden, mask, keep = batch["hidden"], batch["attention_mask"], batch["keep_mask"]
+        valid = mask.bool().any(-1)
+        h, m = hidden[valid], mask[valid]
+        if h.shape[0]:
+            t_max = int(m.sum(-1).max())
+            h, m = h[:, :t_max], m[:, :t_max]
+            h = run_layers(self.top_layers, h, attention_mask_for_layers(self.hf_config, h, m)) * m.unsqueeze(-1)
+            keep = keep[:, :, :t_max]
+        return self._owned_tokens(h, valid, keep, batch["window_type"], batch["present"])
+
+    def forward(self, batch: Batch) -> EncoderOutput:
+        """Pooled text tokens; accepts a collated or a precomputed batch."""
+        if "input_ids" in batch:
+            batch = self.precompute(batch)
+        if "hidden" in batch:
+            batch = self._run_top(batch)
+        states, types = batch["token_states"], batch["token_type"]
+        valid = batch["token_valid"] & batch["present"].bool().unsqueeze(1)
+        n_tokens = valid.sum(1)
+        x = self.norm(states + self.type_embedding(types))
+        key_padding = ~valid
+        # A row with every key masked gives NaN in softmax; unmask one (zero) key for absent cases
+        # and discard their output below.
+        key_padding[:, 0] &= n_tokens > 0
+        queries = self.queries.unsqueeze(0).expand(states.shape[0], -1, -1)
+        pooled, _ = self.attn(queries, x, x, key_padding_mask=key_padding, need_weights=False)
+        tokens = self.out_norm(self.proj(pooled))
+        # At most K tokens: a case with fewer content tokens than K gets that many; absent -> none.
+        pad_mask = torch.arange(self.max_tokens, device=states.device).unsqueeze(0) >= n_tokens.unsqueeze(1)
+        tokens = tokens.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        weights = valid.unsqueeze(-1).to(states.dtype)
+        mean_state = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return EncoderOutput(tokens=tokens, pad_mask=pad_mask, extras={"mean_state": mean_state})
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"backbone_sha256": self.backbone_sha256, "finetune_top_layers": self.config.finetune_top_layers}
+
+    def set_extra_state(self, state: Any) -> None:
+        want = state.get("backbone_sha256") if isinstance(state, dict) else None
+        if want != self.backbone_sha256:
+            raise ModelError(
+                "model.backbone_mismatch",
+                f"checkpoint's notes backbone is {str(want)[:12]}, the configured one {self.backbone_sha256[:12]}",
+            )

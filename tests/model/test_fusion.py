@@ -1,0 +1,79 @@
+"""Fusion model: masking really removes absent modalities, dropout keeps one, calibration, batching."""
+
+from __future__ import annotations
+
+import torch
+from toy_plugins import TOY_SPEC, ToyImagingEncoder, ToyTabularEncoder
+
+from mmclinic.model.batching import concat_cases
+from mmclinic.model.calibration import fit_temperature
+from mmclinic.model.fusion import FusionConfig, FusionModel
+
+
+def _model(dropout: float = 0.0) -> FusionModel:
+    torch.manual_seed(0)
+    encs = {"imaging": ToyImagingEncoder(16), "tabular": ToyTabularEncoder(16, 2)}
+    return FusionModel(encs, FusionConfig(("imaging", "tabular"), d_model=16, n_heads=2, modality_dropout=dropout))
+
+
+def _batch(b: int, img_present: list[bool], tab_present: list[bool]) -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "imaging": {"volume": torch.randn(b, 1, *TOY_SPEC.imaging.size, generator=g), "present": torch.tensor(img_present)},
+        "tabular": {"x": torch.randn(b, 2, generator=g), "present": torch.tensor(tab_present)},
+    }
+
+
+def test_absent_modality_content_does_not_change_output() -> None:
+    model = _model().eval()
+    batch = _batch(3, [True, False, True], [True, True, False])
+    out1 = model(batch).logits
+    # Change the data of the absent entries only: outputs must be identical.
+    batch["imaging"]["volume"][1] += 100.0
+    batch["tabular"]["x"][2] -= 50.0
+    out2 = model(batch).logits
+    assert torch.equal(out1, out2)
+    # Changing a present entry does change the output (the test above can fail).
+    batch["tabular"]["x"][0] += 5.0
+    assert not torch.allclose(model(batch).logits[0], out1[0])
+
+
+def test_everything_hidden_is_finite_and_shapes() -> None:
+    model = _model().eval()
+    batch = _batch(2, [True, True], [True, False])
+    out = model(batch, hide=torch.ones(2, 2, dtype=torch.bool))
+    assert out.logits.shape == (2, 2)
+    assert torch.isfinite(out.logits).all()
+    assert out.extras["imaging"]["lesion_logits"].shape == (2, 1, *TOY_SPEC.imaging.size)
+    assert set(out.aux_logits) == {"imaging", "tabular"}
+    assert out.visible is not None and not out.visible.any()
+
+
+def test_modality_dropout_keeps_one_present_modality() -> None:
+    model = _model(dropout=0.9)
+    vis = torch.tensor([[True, True], [True, False], [False, True]]).repeat(200, 1)
+    hide = model.sample_hide(vis, torch.Generator().manual_seed(0))
+    kept = vis & ~hide
+    assert kept.any(dim=1).all()  # never everything removed
+    assert not (hide & ~vis).any()  # never "hides" an absent modality
+    # With p=0.9 most two-modality rows lose one modality.
+    both = vis.all(dim=1)
+    assert (kept[both].sum(1) == 1).float().mean() > 0.7
+
+
+def test_temperature_recovers_known_scale() -> None:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, generator=g) * 3
+    y = (torch.rand(20000, generator=g) < torch.sigmoid(z / 2.5)).float()
+    t = fit_temperature(z, y)
+    assert abs(t - 2.5) < 0.15
+    assert fit_temperature(z, torch.ones_like(z)) == 1.0  # one class: nothing to fit
+
+
+def test_concat_cases_zero_pads_variable_length() -> None:
+    a = {"s": torch.ones(1, 3, 2), "v": torch.ones(1, 3, dtype=torch.bool), "present": torch.tensor([True])}
+    b = {"s": torch.ones(1, 5, 2), "v": torch.ones(1, 5, dtype=torch.bool), "present": torch.tensor([False])}
+    out = concat_cases([a, b])
+    assert out["s"].shape == (2, 5, 2) and out["v"].shape == (2, 5)
+    assert out["s"][0, 3:].abs().sum() == 0 and not out["v"][0, 3:].any()
+    assert out["present"].tolist() == [True, False]

@@ -1,0 +1,94 @@
+"""SR builder: TID 1500 content, zero-findings SR, deterministic identity, dciodvfy with zero errors."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from mmclinic.case import Finding, Prediction, Provenance
+from mmclinic.errors import InputError
+from mmclinic.pacs.sr import ResultIds, build_sr, read_sources, read_sr_findings, task_content, to_bytes
+
+WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def _pred(findings: tuple[Finding, ...], present: tuple[str, ...] = ("imaging",)) -> Prediction:
+    prov = Provenance("a" * 64, "tumor-risk", "0.1.0", {}, "0.1.0", "b" * 64, {}, "cpu", {}, present)
+    return Prediction("c1", "tumor-risk", 0.8, 0.61, findings, {}, prov)
+
+
+def dciodvfy_errors(tool: str, path: Path) -> list[str]:
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+
+
+@pytest.mark.parametrize("n_findings", [2, 0])
+def test_sr_is_valid_tid1500_with_findings_or_none(
+    study_files: list[Path], tmp_path: Path, n_findings: int, require_tool: Callable[[str], str]
+) -> None:
+    findings = tuple(Finding((10.0 * i, -20.0, 5.0 + i), 12.3 + i, 0.9, 0.7 - 0.1 * i) for i in range(n_findings))
+    pred = _pred(findings)
+    sources = read_sources(study_files)
+    ids = ResultIds.for_key("7:fp:w", "a" * 64)
+    ds = build_sr(pred, ids, sources, task_content(pred), when=WHEN)
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(to_bytes(ds))
+    assert dciodvfy_errors(require_tool("dciodvfy"), path) == []
+
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert back.SOPInstanceUID == ids.sr_sop_uid and back.SeriesInstanceUID == ids.sr_series_uid
+    assert back.StudyInstanceUID == sources[0].StudyInstanceUID  # a new series in the source study
+    assert back.SeriesInstanceUID != sources[0].SeriesInstanceUID
+    assert back.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    # evidence: every source instance is referenced
+    refs = {
+        i.ReferencedSOPInstanceUID
+        for st in back.CurrentRequestedProcedureEvidenceSequence
+        for se in st.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    }
+    assert refs == {d.SOPInstanceUID for d in sources}
+    parsed = read_sr_findings(back)
+    assert parsed["case"]["Probability of cancer"] == pytest.approx(0.61)
+    assert len(parsed["findings"]) == n_findings
+    for got, want in zip(parsed["findings"], findings, strict=True):
+        assert got["center_mm"] == pytest.approx(list(want.center_mm))
+        assert got["frame_of_reference_uid"] == sources[0].FrameOfReferenceUID
+        assert got["measurements"]["Diameter"] == pytest.approx(round(want.diameter_mm, 1))
+        assert got["measurements"]["Probability of cancer"] == pytest.approx(want.malignancy_risk)
+    if n_findings == 0:
+        assert ("Finding", "None") in parsed["qualitative"]
+    # notes and records were absent: the SR says so
+    absent = {v for k, v in parsed["qualitative"] if k == "Input modality absent"}
+    assert absent == {"Clinical notes", "Structured clinical records"}
+    text = path.read_bytes()
+    assert b"weights_sha256=" + b"a" * 64 in text  # algorithm parameters carry the weights hash
+    assert b"mmclinic tumor-risk" in text  # AlgorithmIdentification name
+
+
+def test_sr_identity_and_bytes_are_deterministic(study_files: list[Path]) -> None:
+    pred = _pred((Finding((1.0, 2.0, 3.0), 8.0, 0.5, 0.5),))
+    sources = read_sources(study_files)
+    a = to_bytes(build_sr(pred, ResultIds.for_key("1:x:y", "w"), sources, task_content(pred), when=WHEN))
+    b = to_bytes(build_sr(pred, ResultIds.for_key("1:x:y", "w"), sources, task_content(pred), when=WHEN))
+    c = ResultIds.for_key("2:x:y", "w")
+    assert a == b
+    assert c.sr_sop_uid != ResultIds.for_key("1:x:y", "w").sr_sop_uid
+    assert len(c.sr_sop_uid) <= 64 and c.sr_sop_uid.startswith("2.25.")
+
+
+def test_sources_must_be_readable(tmp_path: Path) -> None:
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(b"not dicom at all" * 20)
+    with pytest.raises(InputError) as exc:
+        read_sources([bad])
+    assert exc.value.reason == "pacs.source_unreadable"
+    with pytest.raises(InputError) as exc:
+        read_sources([])
+    assert exc.value.reason == "pacs.no_sources"
