@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from mmclinic.api.deps import Caller, caller
 from mmclinic.api.problems import responses
+from mmclinic.api.schemas import Id
 from mmclinic.store import predictions as pred_store
 
 router = APIRouter(prefix="/api/v1", tags=["predictions"])
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/api/v1", tags=["predictions"])
     responses={200: {"content": {"application/dicom": {}}}, **responses(400, 401, 404, 422)},
     summary="DICOM Structured Report of a prediction",
 )
-def prediction_sr(prediction_id: int = Path(ge=1), who: Caller = Depends(caller)) -> Response:
+def prediction_sr(prediction_id: Id, who: Caller = Depends(caller)) -> Response:
     """The SR built from the stored prediction; the same SOP Instance UID as the one sent to the PACS."""
     from mmclinic.pacs.export import build_objects
 

@@ -116,26 +116,37 @@ def input_fingerprint(case: Case) -> str:
     return stable_hash(doc)
 
 
-def prepare_item(engine: ScoringEngine, item: WorkItem, weights: str, done: set[Key] | frozenset[Key]) -> Outcome:
-    """Fingerprint one item, skip it when already scored, else run the engine's ``prepare`` on it."""
+def fingerprint_item(item: WorkItem, weights: str) -> Outcome:
+    """The item's key (no engine work); a failure when the row has no case or its inputs cannot be read."""
     if item.case is None:
         assert item.error is not None
         key = Key(item.case_id, "", weights)
         return Outcome(item, key, failure=Failure(key, item.row, item.error.reason, item.error.detail))
     try:
-        key = Key(item.case_id, input_fingerprint(item.case), weights)
+        return Outcome(item, Key(item.case_id, input_fingerprint(item.case), weights))
     except InputError as exc:
         key = Key(item.case_id, "", weights)
         return Outcome(item, key, failure=Failure(key, item.row, exc.reason, exc.detail))
-    if key in done:
-        return Outcome(item, key, skipped=True)
+
+
+def prepare_item(engine: ScoringEngine, item: WorkItem, weights: str, done: set[Key] | frozenset[Key]) -> Outcome:
+    """Fingerprint one item, skip it when already scored, else run the engine's ``prepare`` on it."""
+    out = fingerprint_item(item, weights)
+    if out.failure is not None:
+        return out
+    if out.key in done:
+        out.skipped = True
+        return out
+    assert item.case is not None
+    key = out.key
     try:
-        return Outcome(item, key, prepared=engine.prepare(item.case))
+        out.prepared = engine.prepare(item.case)
     except InputError as exc:
-        return Outcome(item, key, failure=Failure(key, item.row, exc.reason, exc.detail))
+        out.failure = Failure(key, item.row, exc.reason, exc.detail)
     except Exception as exc:  # not the input's fault: reported, and retried by the next run
         reason = exc.reason if isinstance(exc, MmclinicError) else "batch.prepare_error"
-        return Outcome(item, key, failure=Failure(key, item.row, reason, f"{type(exc).__name__}: {exc}", final=False))
+        out.failure = Failure(key, item.row, reason, f"{type(exc).__name__}: {exc}", final=False)
+    return out
 
 
 def score_outcomes(

@@ -112,9 +112,7 @@ class Journal:
         keys = {Key(*r) for r in self._db.execute("SELECT case_id, input_fingerprint, weights_sha256 FROM results")}
         keys |= {
             Key(*r)
-            for r in self._db.execute(
-                "SELECT case_id, input_fingerprint, weights_sha256 FROM failures WHERE final = 1"
-            )
+            for r in self._db.execute("SELECT case_id, input_fingerprint, weights_sha256 FROM failures WHERE final = 1")
         }
         return keys
 
@@ -124,7 +122,7 @@ class Journal:
             "SELECT prediction FROM results WHERE case_id = ? AND input_fingerprint = ? AND weights_sha256 = ?",
             (key.case_id, key.input_fingerprint, key.weights_sha256),
         ).fetchone()
-        return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
+        return None if row is None else json.loads(row[0])
 
     def failure(self, key: Key) -> Failure | None:
         """The stored failure for ``key``."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mmclinic.batch.items import ScoringEngine, WorkItem, chunks, prepare_item, score_outcomes
+from mmclinic.batch.items import ScoringEngine, WorkItem, chunks, fingerprint_item, prepare_item, score_outcomes
 from mmclinic.batch.journal import Failure, Journal, Key
 from mmclinic.batch.progress import Counts
 from mmclinic.errors import ConfigError
@@ -31,7 +31,7 @@ EngineFactory = Callable[[], ScoringEngine]
 def _import_ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401  (the Data library is a separate extra)
+        import ray.data  # the Data library comes with the [data] extra only
     except ImportError as exc:
         raise ConfigError("config.ray_missing", "the Ray engine needs the extra: pip install 'mmclinic[ray]'") from exc
     return ray
@@ -92,20 +92,28 @@ def run_ray(
     done = journal.done_keys()
     rows: list[dict[str, Any]] = []
     bad: list[Failure] = []
+    skipped = 0
     for k, batch in enumerate(chunks(items, batch_size)):
-        good = [it for it in batch if it.case is not None]
+        todo = []
         for it in batch:
-            if it.case is None:  # a manifest row that never became a case: nothing for the cluster to do
-                o = prepare_item(_NoEngine(), it, weights, done)
+            if it.case is None or done:
+                # A row that never became a case needs no cluster; on a resumed run the driver fingerprints
+                # cases itself (hashing, no decoding) so that finished batches are not shipped at all.
+                o = fingerprint_item(it, weights)
                 keys[it.index] = o.key
-                assert o.failure is not None
-                bad.append(o.failure)
-        if good:
-            rows.append({"chunk": k, "payload": pickle.dumps(good)})
+                if o.failure is not None:
+                    bad.append(o.failure)
+                    continue
+                if o.key in done:
+                    skipped += 1
+                    continue
+            todo.append(it)
+        if todo:
+            rows.append({"chunk": k, "payload": pickle.dumps(todo)})
     if bad:
         journal.commit_batch([], bad)
-        counts.add(0, 0, bad)
-        on_batch()
+    counts.add(0, skipped, bad)
+    on_batch()
     if not rows:
         return keys
     ctx = ray.data.DataContext.get_current()
@@ -116,7 +124,7 @@ def run_ray(
         fn_constructor_kwargs={"factory": factory, "done": [_key_list(k) for k in done]},
         batch_size=1,  # one row is already one whole batch of cases
         batch_format="numpy",
-        concurrency=max(1, min(workers, len(rows))),
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(rows)))),
         num_cpus=num_cpus_per_worker,
     )
     for row in scored.iter_rows():
@@ -130,15 +138,3 @@ def run_ray(
         for f in failures:
             event(log, "batch.case_failed", case=f.key.case_id, reason=f.reason, final=f.final)
     return keys
-
-
-class _NoEngine:
-    """Stands in for the engine where only a manifest row's failure is recorded (never called)."""
-
-    weights_sha256 = ""
-
-    def prepare(self, case: Any) -> Any:  # pragma: no cover - unreachable for rows without a case
-        raise AssertionError("not used")
-
-    def predict_prepared(self, items: list[Any]) -> list[Any]:  # pragma: no cover
-        raise AssertionError("not used")

@@ -96,7 +96,5 @@ def _add_ground_truth(
     with_ct = [p for p in preds if "imaging" in p["provenance"]["modalities_present"]]
     if with_ct:
         findings = [[(tuple(f["center_mm"]), float(f["confidence"])) for f in p["findings"]] for p in with_ct]
-        lesions = [
-            [GtLesion(le.center_mm, le.diameter_mm) for le in gt.cases[p["case_id"]].lesions] for p in with_ct
-        ]
-        report["detection"] = detection_metrics(findings, lesions, voxel_mm=voxel_mm)  # type: ignore[arg-type]
+        lesions = [[GtLesion(le.center_mm, le.diameter_mm) for le in gt.cases[p["case_id"]].lesions] for p in with_ct]
+        report["detection"] = detection_metrics(findings, lesions, voxel_mm=voxel_mm)

@@ -45,6 +45,7 @@ class ScoreOptions:
     db_url: str | None = None
     ray_address: str | None = None
     records: Path | None = None
+    data_dir: Path | None = None  # where the store keeps ingested DICOM files (default: settings.data_dir)
     progress: bool = True
     n_boot: int = 1000
 
@@ -134,7 +135,13 @@ def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine]
                 from mmclinic.batch.local import run_local
 
                 keys = run_local(
-                    engine, items, journal, counts, batch_size=opts.batch_size, workers=opts.workers, on_batch=bar.update
+                    engine,
+                    items,
+                    journal,
+                    counts,
+                    batch_size=opts.batch_size,
+                    workers=opts.workers,
+                    on_batch=bar.update,
                 )
             else:
                 from mmclinic.batch.ray_engine import run_ray
@@ -224,7 +231,7 @@ def _write_outputs(
         from mmclinic.batch.store_sink import write_to_store
         from mmclinic.config import get_settings
 
-        st = write_to_store(opts.db_url, get_settings().data_dir, opts.model, scored_cases)
+        st = write_to_store(opts.db_url, opts.data_dir or get_settings().data_dir, opts.model, scored_cases)
         store = {"created": st.created, "existing": st.existing, "failed": st.failed or {}}
     return ScoreSummary(
         total=len(items),

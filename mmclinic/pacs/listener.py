@@ -89,12 +89,12 @@ def _gated_acse_class(gate: AccessGate) -> type[Any]:
             host = str(self.assoc.requestor.address)
             site, reason = gate.check(calling, called, host)
             if site is None:
+                if gate.on_reject is not None:  # audited before the peer hears of it
+                    gate.on_reject(calling, host, reason)
                 diag = _REJECT_CALLED if reason == "pacs.called_ae_unknown" else _REJECT_CALLING
                 self.send_reject(0x01, 0x01, diag)
                 evt.trigger(self.assoc, evt.EVT_REJECTED, {})
                 self.assoc.kill()
-                if gate.on_reject is not None:
-                    gate.on_reject(calling, host, reason)
                 return
             self.assoc.mmclinic_site = site  # read by the C-STORE handler
             super()._negotiate_as_acceptor()

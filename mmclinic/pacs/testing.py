@@ -90,3 +90,29 @@ def scu_echo(port: int, calling: str = SCU_AE, called: str = "MMCLINIC") -> int 
         return int(st.Status) if st else -1
     finally:
         assoc.release()
+
+
+class RecordingSCP:
+    """A destination PACS stand-in: accepts any storage SOP class and records (SOP UID, bytes) per C-STORE."""
+
+    def __init__(self, port: int, ae_title: str = "PACS") -> None:
+        self.port, self.ae_title = port, ae_title
+        self.received: list[tuple[str, bytes]] = []
+        self._server: Any = None
+
+    def start(self) -> RecordingSCP:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        def on_store(ev: Any) -> int:
+            self.received.append((str(ev.request.AffectedSOPInstanceUID), ev.encoded_dataset()))
+            return 0x0000
+
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -73,7 +73,8 @@ def save_prediction(session: Session, case: CaseRow, pred: Prediction) -> tuple[
 
 def get_visible(session: Session, prediction_id: int, site: str | None) -> PredictionRow:
     """A prediction visible to a caller limited to ``site`` (``None``: every site); else NotFoundError."""
-    row = session.get(PredictionRow, prediction_id)
+    # Out-of-range ids cannot exist (32-bit keys on PostgreSQL) and would overflow the driver.
+    row = session.get(PredictionRow, prediction_id) if 0 < prediction_id < 2**31 else None
     if row is None or (site is not None and row.site != site):
         raise NotFoundError("not_found.prediction", "no such prediction")
     return row

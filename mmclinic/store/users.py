@@ -100,14 +100,14 @@ def authenticate(session: Session, secret: str) -> Principal:
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
         raise AuthError("auth.invalid_token", "the bearer token is not valid")
     digest = token_hash(secret)
-    row = session.scalar(select(Token).where(Token.token_sha256 == digest))
+    found = session.execute(select(Token, User).join(User).where(Token.token_sha256 == digest)).first()
     # The lookup is by hash of a 256-bit secret, so timing reveals nothing useful; compare anyway.
-    if row is None or not hmac.compare_digest(row.token_sha256, digest):
+    if found is None or not hmac.compare_digest(found[0].token_sha256, digest):
         raise AuthError("auth.invalid_token", "the bearer token is not valid")
+    row, user = found
     now = utcnow()
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
         raise AuthError("auth.invalid_token", "the bearer token is revoked or expired")
-    user = row.user
     if not user.active:
         raise AuthError("auth.invalid_token", "the user is disabled")
     return Principal(user.id, user.name, user.role, user.site)

@@ -133,6 +133,8 @@ def inside_lung(anat: Anatomy, p: tuple[float, float, float], margin: float) -> 
 def place_lesion(anat: Anatomy, diameter: float, geom: Geometry, rng: np.random.Generator) -> tuple[float, ...]:
     """A random lesion centre inside a lung, the whole nodule inside the lung and the imaged slab."""
     zmax = (geom.slices - 1) / 2 * geom.slice_thickness - diameter / 2
+    xmax = (geom.cols - 1) / 2 * geom.pixel_spacing - diameter / 2
+    ymax = (geom.rows - 1) / 2 * geom.pixel_spacing - diameter / 2
     margin = diameter / 2 + 3.0
     for _ in range(2000):
         side = int(rng.integers(0, 2))
@@ -142,7 +144,8 @@ def place_lesion(anat: Anatomy, diameter: float, geom: Geometry, rng: np.random.
             anat.lung_cy + rng.uniform(-a[1], a[1]),
             anat.lung_zc + rng.uniform(-a[2], a[2]),
         )
-        if abs(p[2]) <= zmax and inside_lung(anat, p, margin):
+        in_field = abs(p[0]) <= xmax and abs(p[1]) <= ymax and abs(p[2]) <= zmax
+        if in_field and inside_lung(anat, p, margin):
             return tuple(round(v, 1) for v in p)
     # Unreachable for the default geometry; a tiny custom field falls back to the lung centre.
     return (round(anat.lung_cx[0], 1), round(anat.lung_cy, 1), round(float(np.clip(anat.lung_zc, -zmax, zmax)), 1))

@@ -107,7 +107,7 @@ def _findings(
 
 
 def evaluate(
-    manifest: Path,
+    manifest: Path | Cohort,
     model: str | Path,
     out: Path,
     compare: list[str | Path] | None = None,
@@ -122,7 +122,7 @@ def evaluate(
     from mmclinic.training.report import write_report
 
     reg = registry or get_registry()
-    cohort = load_cohort(manifest)
+    cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = cache_dir or out / "cache"
     engine = InferenceEngine.load(model, device=device, registry=reg)
@@ -134,7 +134,7 @@ def evaluate(
     y = np.array([labels[c] for c in main.case_ids])
     yt = np.array([tumor_labels.get(c, np.nan) for c in main.case_ids])
     report: dict[str, Any] = {
-        "manifest": str(manifest),
+        "manifest": str(manifest) if isinstance(manifest, Path) else "(in-memory cohort)",
         "model": str(model),
         "weights_sha256": engine.weights_sha256,
         "task": engine.task_name,

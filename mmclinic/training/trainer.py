@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from mmclinic.errors import ConfigError, InputError
 from mmclinic.logs import event
 from mmclinic.model.batching import to_device
 from mmclinic.model.calibration import fit_temperature
+from mmclinic.model.frozen import ReplayEncoder, outputs_as_batch
 from mmclinic.model.fusion import FusionModel
 from mmclinic.registry import Registry, get_registry
 from mmclinic.training.cache import CachedInput, CaseCache, batch_of, safe_get
@@ -58,12 +61,19 @@ class TrainConfig:
     lesion_weight: float = 1.0
     lesion_pos_weight: float = 20.0
     max_pos_weight: float = 10.0
+    # Two-phase schedule for expensive encoders (the 3-D CNN on CPU): train end-to-end for
+    # ``freeze_after`` epochs on at most ``phase1_cases`` cases, then freeze ``freeze_modalities``,
+    # compute their outputs once, and train the rest on every case. 0 = end-to-end throughout.
+    freeze_after: int = 0
+    freeze_modalities: tuple[str, ...] = ("imaging",)
+    phase1_cases: int = 0
     device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["freeze_modalities"] = list(self.freeze_modalities)
         return d
 
 
@@ -76,6 +86,7 @@ class Example:
     inputs: dict[str, CachedInput]
     y: torch.Tensor  # [len(HEADS)]
     lesion: torch.Tensor | None = None
+    replay: dict[str, CachedInput] = field(default_factory=dict)  # stored outputs of frozen encoders
 
 
 @dataclass
@@ -149,6 +160,8 @@ class Trainer:
             modality_dropout=cfg.modality_dropout,
         )
         self.modalities = self.model.cfg.modalities
+        self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by ReplayEncoder
+        self.cache_stats: dict[str, int] = {}
         # An engine around the untrained model prepares and precomputes inputs exactly as inference will.
         self.prep_engine = InferenceEngine(
             self.model, {}, self.parts.task, self.parts.plugins, self.device, weights_sha256=""
@@ -157,7 +170,8 @@ class Trainer:
     # -- data -------------------------------------------------------------------------------------
     def batch(self, exs: list[Example]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
         """Model batch, labels ``[B, 2]`` and lesion targets ``[B, 1, X, Y, Z]`` (zeros where unknown)."""
-        b = to_device(batch_of([e.inputs for e in exs], self.modalities), self.device)
+        inputs = [{**e.inputs, **{m: e.replay[m] for m in self._real}} for e in exs]
+        b = to_device(batch_of(inputs, self.modalities), self.device)
         y = torch.stack([e.y for e in exs]).to(self.device)
         if IMAGING not in self.modalities:
             return b, y, None
@@ -190,8 +204,8 @@ class Trainer:
                 loss = loss + cfg.aux_weight * bce(out.aux_logits[m][rows].float(), y[rows], pos_weight=pos_weight)
         if lesion is not None and has_target is not None and has_target.any() and cfg.lesion_weight > 0:
             for extras in out.extras.values():
-                if LESION_KEY not in extras:
-                    continue
+                if LESION_KEY not in extras or not extras[LESION_KEY].requires_grad:
+                    continue  # a frozen encoder's lesion map has nothing left to learn
                 pred = extras[LESION_KEY][has_target].float()
                 tgt = lesion[has_target]
                 lw = torch.tensor(cfg.lesion_pos_weight, device=pred.device)
@@ -217,13 +231,14 @@ class Trainer:
         return torch.cat(outs) if outs else torch.zeros(0, 2)
 
     # -- run --------------------------------------------------------------------------------------
-    def run(self, manifest: Path, cache_dir: Path | None = None, resume: bool = True) -> TrainResult:
+    def run(self, manifest: Path | Cohort, cache_dir: Path | None = None, resume: bool = True) -> TrainResult:
         """Cache, split, train with early stopping, calibrate on validation, write ``model.pt``."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        cohort = load_cohort(manifest)
+        cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
         cache = CaseCache(cache_dir or self.out / "cache", self.prep_engine)
         examples, rejected = build_examples(cohort, cache, self.parts, self.progress)
+        self.cache_stats = {"hits": cache.hits, "misses": cache.misses}
         train_cases, val_cases = patient_split(
             [Case(e.case_id, e.patient_id) for e in examples], cfg.val_fraction, cfg.seed
         )
@@ -248,7 +263,7 @@ class Trainer:
         state: dict[str, Any] = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0, "history": [], "stopped": ""}
         meta_train = {
             "config": cfg.to_dict(),
-            "manifest": str(manifest),
+            "manifest": str(manifest) if isinstance(manifest, Path) else "(in-memory cohort)",
             "n_train": len(train),
             "n_val": len(val),
             "rejected": len(rejected),
@@ -258,10 +273,14 @@ class Trainer:
             state = self._resume(opt, sched)
         start = time.monotonic()
         self.model.to(self.device)
+        phase1 = self._phase1_subset(train)
         while state["epoch"] < cfg.epochs and not state["stopped"]:
             epoch = state["epoch"] + 1
             t0 = time.monotonic()
-            train_loss = self._epoch(train, opt, pos_weight, epoch)
+            in_phase1 = 0 < epoch <= cfg.freeze_after
+            if cfg.freeze_after and not in_phase1 and not self._real:
+                self._freeze(train + val)
+            train_loss = self._epoch(phase1 if in_phase1 else train, opt, pos_weight, epoch)
             sched.step()
             val_logits = self.predict_logits(val)
             y_val = torch.stack([e.y for e in val])
@@ -275,8 +294,9 @@ class Trainer:
             state["epoch"] = epoch
             if score > state["best"] + 1e-4:
                 state.update(best=score, best_epoch=epoch, bad=0)
-                save_checkpoint(self.out / BEST, self.model, self._meta(normalization, meta_train))
-            else:
+                with self._real_encoders():
+                    save_checkpoint(self.out / BEST, self.model, self._meta(normalization, meta_train))
+            elif not in_phase1:  # phase 1 is a fixed warm-up; patience counts from phase 2
                 state["bad"] += 1
                 if state["bad"] >= cfg.patience:
                     state["stopped"] = "early_stopping"
@@ -284,6 +304,49 @@ class Trainer:
                 state["stopped"] = state["stopped"] or "time_limit"
             self._save_last(opt, sched, state, normalization, meta_train)
         return self._finish(val, state, normalization, meta_train, rejected)
+
+    def _phase1_subset(self, train: list[Example]) -> list[Example]:
+        n = self.cfg.phase1_cases
+        if not self.cfg.freeze_after or n <= 0 or n >= len(train):
+            return train
+        idx = np.random.default_rng(self.cfg.seed).choice(len(train), size=n, replace=False)
+        return [train[i] for i in sorted(idx)]
+
+    @torch.no_grad()
+    def _freeze(self, examples: list[Example]) -> None:
+        """Compute each frozen encoder's outputs once per case and replay them from now on."""
+        for m in self.cfg.freeze_modalities:
+            if m not in self.modalities:
+                continue
+            enc = self.model.encoders[m].eval()
+            with progress_bar(f"freezing {m}", len(examples), enabled=self.progress) as advance:
+                for i in range(0, len(examples), 16):
+                    chunk = examples[i : i + 16]
+                    b = to_device(batch_of([{m: e.inputs[m]} for e in chunk], (m,)), self.device)
+                    with autocast(self.device):
+                        eo = enc(b[m])
+                    rows = outputs_as_batch(eo, b[m]["present"])
+                    for r, e in enumerate(chunk):
+                        one = {k: v[r : r + 1].float().cpu() if v.is_floating_point() else v[r : r + 1].cpu()
+                               for k, v in rows.items()}
+                        src = e.inputs[m]
+                        e.replay[m] = CachedInput(one, src.present, src.fingerprint, src.meta)
+                        advance()
+            self._real[m] = enc
+            self.model.encoders[m] = ReplayEncoder()
+            event(log, "train.frozen", modality=m, cases=len(examples))
+
+    @contextlib.contextmanager
+    def _real_encoders(self) -> Iterator[None]:
+        """Put frozen encoders back while saving, so checkpoints always hold the real weights."""
+        replay = {m: self.model.encoders[m] for m in self._real}
+        for m, enc in self._real.items():
+            self.model.encoders[m] = enc
+        try:
+            yield
+        finally:
+            for m, rep in replay.items():
+                self.model.encoders[m] = rep
 
     def _fit_normalization(self, train: list[Example]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -312,7 +375,7 @@ class Trainer:
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 5.0)
                 opt.step()
-                total += float(loss) * len(exs)
+                total += float(loss.detach()) * len(exs)
                 n += len(exs)
                 advance()
         return total / max(n, 1)
@@ -324,7 +387,8 @@ class Trainer:
         self, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any], norm: dict[str, Any], training: dict[str, Any]
     ) -> None:
         extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_state": json.dumps(state)}
-        save_checkpoint(self.out / LAST, self.model, self._meta(norm, training), extra=extra)
+        with self._real_encoders():
+            save_checkpoint(self.out / LAST, self.model, self._meta(norm, training), extra=extra)
 
     def _resume(self, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
         payload = read_checkpoint(self.out / LAST, with_extra=True)
@@ -342,6 +406,9 @@ class Trainer:
     ) -> TrainResult:
         """Best weights → temperature per head + operating threshold on validation → ``model.pt``."""
         best = read_checkpoint(self.out / BEST)
+        for m, enc in self._real.items():  # the best weights may predate the freeze: use real encoders
+            self.model.encoders[m] = enc
+        self._real = {}
         self.model.load_state_dict(best["state_dict"], strict=False)
         raw = self.predict_logits(val)
         adjusted = self.model.adjusted(raw)
@@ -364,6 +431,7 @@ class Trainer:
         ckpt = self.out / CHECKPOINT_NAME
         sha = save_checkpoint(ckpt, self.model, self._meta(norm, training, metrics))
         summary = {"checkpoint": str(ckpt), "weights_sha256": sha, **metrics, "n_rejected": len(rejected),
+                   "cache": dict(self.cache_stats),
                    "rejected_reasons": sorted(set(rejected.values())), "history": state["history"]}
         (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         event(log, "train.done", auroc=round(metrics["val_auroc"], 4), epochs=state["epoch"], sha=sha[:12])
@@ -371,7 +439,7 @@ class Trainer:
 
 
 def train(
-    manifest: Path,
+    manifest: Path | Cohort,
     out: Path,
     cfg: TrainConfig | None = None,
     cache_dir: Path | None = None,

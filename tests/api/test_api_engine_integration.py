@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from api_testkit import build_api
 
 from mmclinic.errors import MmclinicError
 from mmclinic.store.testing import require_all
@@ -24,10 +25,8 @@ def _real_engine():
 @pytest.mark.integration
 @pytest.mark.slow
 def test_real_engine_end_to_end(tmp_path):
-    import conftest
-
     engine = _real_engine()
-    gen = conftest.build_api("sqlite", tmp_path)
+    gen = build_api("sqlite", tmp_path)
     api = next(gen)
     try:
         good = api.submit(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import conftest  # tests/api/conftest.py: the same app builder as every other API test
 import schemathesis
+from api_testkit import build_api  # the same app builder as every other API test
 from hypothesis import HealthCheck, given, settings
 
 from mmclinic.store.testing import make_ct_dicom
@@ -19,7 +19,7 @@ EXCLUDED = [schemathesis.checks.positive_data_acceptance]
 
 
 def test_api_conforms_to_its_schema(tmp_path: Path) -> None:
-    gen = conftest.build_api("sqlite", tmp_path)
+    gen = build_api("sqlite", tmp_path)
     api = next(gen)
     try:
         # Seed real rows so that generated ids sometimes hit existing resources.

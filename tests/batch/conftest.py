@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -9,8 +10,12 @@ from typing import Any
 
 import pytest
 
+from mmclinic.batch import ScoreOptions, ScoreSummary, score_cohort
+
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Result columns that must agree exactly between runs (timings and device labels may differ).
+COMPARE = ["case_id", "malignancy_risk", "tumor_probability", "findings", "modality_contributions", "input_fingerprint"]
 N_REAL = 6  # real cases: enough for three batches of two, small enough for 2 shared CPUs
 
 
@@ -49,7 +54,32 @@ def real_engine(checkpoint: Path) -> Any:
     return InferenceEngine.load(checkpoint, device="cpu", batch_size=2)
 
 
+@pytest.fixture(scope="session")
+def damaged(real_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cohort with every DICOM file of case 3 overwritten by garbage (same names, other bytes)."""
+    manifest = copy_cohort(real_cohort, tmp_path_factory.mktemp("damaged") / "cohort")
+    for f in (manifest.parent / "cases" / "C0003" / "dicom").iterdir():
+        f.write_bytes(b"not a dicom file " * 64)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def reference(damaged: Path, real_engine: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ScoreSummary]:
+    """An uninterrupted in-process run (batch size 2) that the other runs must reproduce exactly."""
+    out = tmp_path_factory.mktemp("ref") / "ref.parquet"
+    opts = ScoreOptions(manifest=damaged, out=out, batch_size=2, workers=2, progress=False, n_boot=50)
+    return out, score_cohort(opts, engine_factory=lambda: real_engine)
+
+
 def copy_cohort(manifest: Path, dest: Path) -> Path:
     """A private copy of a cohort (tests that damage files must not touch the shared one)."""
     shutil.copytree(manifest.parent, dest)
     return dest / manifest.name
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip unless ``condition``; under MMCLINIC_REQUIRE_ALL=1 a missing prerequisite fails instead."""
+    if not condition:
+        if os.environ.get("MMCLINIC_REQUIRE_ALL") == "1":
+            pytest.fail(reason + " (MMCLINIC_REQUIRE_ALL=1)")
+        pytest.skip(reason)

@@ -80,12 +80,14 @@ class FakeEngine:
         return Prediction(it["case_id"], "fake", risk / 2, risk, (), {TABULAR: 0.0}, prov)
 
 
-def write_manifest(folder: Path, xs: list[str], labels: bool = True, extra_rows: list[dict[str, str]] | None = None) -> Path:
+def write_manifest(
+    folder: Path, xs: list[str], labels: bool = True, extra_rows: list[dict[str, str]] | None = None
+) -> Path:
     """``manifest.csv`` + ``records.csv`` with one case per value of ``xs`` (case ids c00, c01, ...)."""
     folder.mkdir(parents=True, exist_ok=True)
     cols = ["case_id", "patient_id", "site"] + (["tumor_present", "malignant"] if labels else [])
     rows = []
-    for i, x in enumerate(xs):
+    for i in range(len(xs)):
         row = {"case_id": f"c{i:02d}", "patient_id": f"p{i:02d}", "site": "site-1"}
         if labels:
             row |= {"tumor_present": str(i % 2), "malignant": str((i // 2) % 2)}

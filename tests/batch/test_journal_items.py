@@ -35,7 +35,8 @@ def test_final_failures_are_done_but_retryable_ones_are_not(tmp_path: Path) -> N
     final, retry = Key("bad", "fp", W), Key("flaky", "fp", W)
     with Journal(tmp_path / "j.sqlite") as j:
         j.commit_batch(
-            [], [Failure(final, 1, "imaging.unreadable", "x"), Failure(retry, 2, "batch.prepare_error", "y", final=False)]
+            [],
+            [Failure(final, 1, "imaging.unreadable", "x"), Failure(retry, 2, "batch.prepare_error", "y", final=False)],
         )
         assert j.done_keys() == {final}
         # The retried case now succeeds: its failure disappears, its result counts.

@@ -162,3 +162,32 @@ def toy_registry(
 def changed_schema() -> TaskSpec:
     """The toy spec with a renamed feature."""
     return replace(TOY_SPEC, tabular_schema=(FeatureSpec("a", "numeric", unit="u"), FeatureSpec("c", "numeric")))
+
+
+def toy_cohort(n: int = 60, seed: int = 0, per_patient: int = 2) -> Any:
+    """Labelled toy cases: a bright blob (lesion) raises malignancy together with feature ``a``."""
+    from mmclinic.case import Case
+    from mmclinic.training.data import Cohort
+    from mmclinic.training.metrics import GtLesion
+
+    rng = np.random.default_rng(seed)
+    cases, lesions = [], {}
+    for i in range(n):
+        vol = rng.normal(0, 0.05, GRID).astype(np.float32)
+        has = bool(rng.random() < 0.5)
+        gts = []
+        if has:
+            ijk = (int(rng.integers(1, GRID[0] - 1)), int(rng.integers(1, GRID[1] - 1)), int(rng.integers(0, GRID[2])))
+            vol[ijk] = 1.0
+            gts.append(GtLesion(tuple(float(v) for v in (AFFINE @ np.array([*ijk, 1.0]))[:3]), 7.0))  # type: ignore[arg-type]
+        a = float(rng.normal())
+        malignant = float(rng.random() < 1 / (1 + np.exp(-(3 * a + 2 * has - 1.5))))
+        inputs: dict[str, Any] = {"imaging": {"volume": vol}, "tabular": {"a": a, "b": float(rng.normal())}}
+        if i % 7 == 3:
+            del inputs["tabular"]  # some cases lack records
+        cid = f"T{i:03d}"
+        cases.append(
+            Case(cid, f"P{i // per_patient:03d}", inputs=inputs, labels={"tumor_present": float(has), "malignant": malignant})
+        )
+        lesions[cid] = gts
+    return Cohort(cases, {}, lesions, {"cases": {c.case_id: {"p_malignant": 0.5, "lesions": []} for c in cases}})

@@ -92,3 +92,29 @@ def test_sources_must_be_readable(tmp_path: Path) -> None:
     with pytest.raises(InputError) as exc:
         read_sources([])
     assert exc.value.reason == "pacs.no_sources"
+
+
+def test_seg_of_lesion_mask_is_valid(study_files: list[Path], tmp_path: Path, require_tool: Callable[[str], str]) -> None:
+    import numpy as np
+
+    from mmclinic.pacs.seg import build_seg, lesion_mask
+
+    sources = sorted((pydicom.dcmread(f) for f in study_files), key=lambda d: float(d.ImagePositionPatient[2]))
+    centre = [float(v) for v in sources[10].ImagePositionPatient]
+    centre[0] += 100.0
+    centre[1] += 120.0
+    pred = _pred((Finding((centre[0], centre[1], centre[2]), 20.0, 0.9, 0.7),))
+    mask = lesion_mask(pred, sources)
+    voxel_mm3 = 5.0 * 5.0 * 5.0
+    sphere_mm3 = 4.0 / 3.0 * np.pi * 10.0**3
+    assert 0.5 * sphere_mm3 < mask.sum() * voxel_mm3 < 1.5 * sphere_mm3
+    k, j, i = np.argwhere(mask).mean(axis=0)
+    assert round(k) == 10 and abs(i * 5.0 - 100.0) < 3 and abs(j * 5.0 - 120.0) < 3  # where the centre is
+    ids = ResultIds.for_key("9:fp:w", "w")
+    seg = build_seg(pred, ids, sources)
+    assert seg is not None and seg.SOPInstanceUID == ids.seg_sop_uid
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(to_bytes(seg))
+    assert dciodvfy_errors(require_tool("dciodvfy"), path) == []
+    far = _pred((Finding((9999.0, 9999.0, 9999.0), 5.0, 0.9, 0.7),))
+    assert build_seg(far, ids, sources) is None

@@ -86,3 +86,27 @@ def test_users_and_tokens(db):
         with pytest.raises(InputError) as ei:
             users.create_user(s, "carol", "superuser", "s1")
         assert ei.value.reason == "input.bad_role"
+
+
+def test_concurrent_appends_keep_one_unbroken_chain(db):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(8):
+                with dbmod.transaction(db.factory) as s:
+                    audit.record(s, audit.Actor(f"w{n}", "system", "s1"), "x.write", f"x/{n}/{i}")
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with db.factory() as s:
+        res = audit.verify(s)
+    assert res.ok and res.events == 32

@@ -93,3 +93,18 @@ def test_dicom_ingest_is_idempotent_and_case_round_trips(db, tmp_path):
     with pytest.raises(InputError), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about the invalid UI value before we reject it
         parse_instance(no_uid)
+
+
+def test_store_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import mmclinic.store.audit, mmclinic.store.cases, mmclinic.store.db, mmclinic.store.dicomstore\n"
+        "import mmclinic.store.models, mmclinic.store.predictions, mmclinic.store.queue, mmclinic.store.users\n"
+        "import mmclinic.store.worker, mmclinic.store.testing\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

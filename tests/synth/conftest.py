@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
+from synth_helpers import SMALL
 
-from mmclinic.synth import SynthResult, SynthSettings, generate_cohort
-
-SMALL = SynthSettings(cases=6, seed=5)
+from mmclinic.synth import SynthResult, generate_cohort
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +27,3 @@ def dciodvfy() -> str:
             pytest.fail(msg + " (MMCLINIC_REQUIRE_ALL=1)")
         pytest.skip(msg)
     return path
-
-
-def all_files(root: Path) -> dict[str, bytes]:
-    """Relative path → bytes of every file under ``root``."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

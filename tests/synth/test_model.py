@@ -129,3 +129,13 @@ def test_bad_settings_raise_input_error() -> None:
     assert err.value.reason == "synth.bad_settings"
     with pytest.raises(InputError):
         SynthSettings(pixel_spacing=-1.0).validate()
+
+
+def test_lesions_stay_inside_a_small_custom_field() -> None:
+    plan = sample_cohort(SynthSettings(cases=60, seed=1, rows=40, cols=40, slices=12))
+    half_xy, half_z = 39 / 2 * 5.0, 11 / 2 * 5.0
+    lesions = [les for c in plan.cases for les in c.lesions]
+    assert lesions
+    for les in lesions:
+        x, y, z = les.center_mm
+        assert max(abs(x), abs(y)) <= half_xy and abs(z) <= half_z

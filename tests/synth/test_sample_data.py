@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import all_files
+from synth_helpers import all_files
 
 from mmclinic.case import Case
 from mmclinic.cohort import iter_cases, read_ground_truth

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import SMALL, all_files
+from synth_helpers import SMALL, all_files
 
 from mmclinic.cohort import iter_cases, read_ground_truth
 from mmclinic.synth import MANIFEST_COLUMNS, RECORD_COLUMNS, SynthResult, generate_cohort

@@ -63,4 +63,4 @@ def test_every_bundled_file_loads_or_raises_input_error() -> None:
     # Sanity: the default rules accept none of these single images; permissive rules decode a good share.
     assert outcomes["default"].get("loaded", 0) == 0
     assert len(loaded) >= 15
-    assert {"CT_small.dcm", "MR_small_RLE.dcm", "693_J2KI.dcm", "rtdose.dcm"} <= set(loaded)
+    assert {"CT_small.dcm", "MR_small_RLE.dcm", "693_J2KI.dcm", "rtdose_1frame.dcm"} <= set(loaded)

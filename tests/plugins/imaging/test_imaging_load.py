@@ -148,7 +148,18 @@ def test_file_list_reference_and_path_reference(tmp_path: Path) -> None:
     by_files = plugin.load(StudyRef(files=tuple(paths)), SPEC)
     by_folder = plugin.load(tmp_path / "s", SPEC)
     assert by_files.fingerprint == by_folder.fingerprint
-    assert by_folder.summary["non_dicom_files"] == 1
+    assert by_folder.summary["skipped_files"] == 1
+
+
+def test_study_folder_with_dicomdir(tmp_path: Path) -> None:
+    """A CD/DVD export: DICOMDIR at the root, images below; the DICOMDIR is not an instance."""
+    from imaging_dicom_factory import TEST_FILES
+
+    write_ct_series(tmp_path / "IMAGES" / "S1", SeriesGeometry(n_slices=8))
+    shutil.copy(TEST_FILES / "dicomdirtests" / "DICOMDIR", tmp_path / "DICOMDIR")
+    mi = make_plugin().load(folder_ref(tmp_path), SPEC)
+    assert mi.summary["skipped_files"] == 1 and mi.summary["unreadable_files"] == 0
+    assert mi.summary["source_shape"][2] == 8
 
 
 @pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, ExplicitVRBigEndian])

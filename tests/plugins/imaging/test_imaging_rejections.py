@@ -45,7 +45,7 @@ def test_only_non_dicom_files(tmp_path: Path) -> None:
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 16)
     err = _reject(tmp_path)
     assert err.reason == "dicom.no_image_series"
-    assert "2 not DICOM" in err.detail
+    assert "2 not DICOM instances" in err.detail
 
 
 def test_only_non_image_objects(tmp_path: Path) -> None:
@@ -86,6 +86,18 @@ def test_rows_columns_inconsistent_with_pixel_length(tmp_path: Path) -> None:
     err = _reject(tmp_path)
     assert err.reason == "dicom.pixel_length_mismatch"
     assert "2048" in err.detail  # 32×32×16-bit
+
+
+def test_pixel_data_a_frame_too_long(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path, GEOM)
+    _edit(paths[2], lambda ds: setattr(ds, "PixelData", ds.PixelData * 2))
+    assert _reject(tmp_path).reason == "dicom.pixel_length_mismatch"
+
+
+def test_trailing_padding_shorter_than_a_frame_is_tolerated(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path, GEOM)
+    _edit(paths[2], lambda ds: setattr(ds, "PixelData", ds.PixelData + b"\0" * 128))
+    assert make_plugin().load(folder_ref(tmp_path), SPEC).summary["source_shape"] == [32, 32, 8]
 
 
 def test_encapsulated_fewer_fragments_than_frames(tmp_path: Path) -> None:

@@ -14,6 +14,6 @@ SENTENCES = (
 )
 
 
-def long_note(n_sentences: int = 40) -> bytes:
+def long_note(n_sentences: int = 24) -> bytes:
     """A note well over one window (about 18 tokens per sentence)."""
     return " ".join(SENTENCES[i % len(SENTENCES)] for i in range(n_sentences)).encode()

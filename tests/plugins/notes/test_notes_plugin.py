@@ -41,7 +41,7 @@ def test_long_note_is_windowed_not_truncated(plugin: ClinicalNotesPlugin, spec: 
     item = plugin.load([NoteRef(data, note_date=date(2024, 3, 1), note_type="radiology_report")], spec)
     expected_ids = plugin.tokenizer().encode(data.decode())
     note = item.summary["notes"][0]
-    assert note["tokens"] == len(expected_ids) > 400
+    assert note["tokens"] == len(expected_ids) > 300
     assert note["windows"] == item.data["input_ids"].shape[0] > 1
     assert note["note_date"] == "2024-03-01"
     assert item.data["attention_mask"].sum(-1).max() <= 64

@@ -6,6 +6,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -114,7 +115,7 @@ class StudyScan:
 
     series: list[SeriesHeaders]
     files_found: int
-    non_dicom_files: int
+    skipped_files: int  # not DICOM, or DICOM without an SOP identity (DICOMDIR)
     # (reason, detail) for files that look like DICOM but whose header could not be read.
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
@@ -208,7 +209,7 @@ def _expected_native_length(inst: InstanceHeader) -> int:
     if inst.bits_allocated == 1:
         return (pixels * inst.samples_per_pixel + 7) // 8
     samples = inst.samples_per_pixel
-    if str(inst.dataset.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+    if _text(inst.dataset, 0x00280004) == "YBR_FULL_422":
         samples = 2  # chroma is subsampled 2:1 horizontally (PS3.3 C.7.6.3.1.2)
     return pixels * samples * (inst.bits_allocated // 8)
 
@@ -220,16 +221,19 @@ def _pixel_defects(inst: InstanceHeader) -> list[tuple[str, str]]:
     if pix.header_len < 8 or (pix.header_len == 8 and pix.length == 0 and inst.size - pix.offset < 8):
         return [(R.TRUNCATED, "file ends inside the pixel data element header")]
     if pix.encapsulated:
-        if not UID(inst.transfer_syntax).is_compressed:
+        if not is_compressed(inst.transfer_syntax):
             return [(R.PIXEL_LENGTH_MISMATCH, "native transfer syntax with encapsulated (undefined-length) pixel data")]
         return []
     if pix.offset + pix.header_len + pix.length > inst.size:
         have = inst.size - pix.offset - pix.header_len
         return [(R.TRUNCATED, f"pixel data declares {pix.length} bytes, file holds {have}")]
-    if UID(inst.transfer_syntax).is_compressed:
+    if is_compressed(inst.transfer_syntax):
         return [(R.PIXEL_LENGTH_MISMATCH, "compressed transfer syntax with native (defined-length) pixel data")]
     expected = _expected_native_length(inst)
-    if pix.length not in (expected, expected + (expected % 2)):
+    frame_bytes = expected // max(inst.frames, 1)
+    # Less data than the header promises is fatal; trailing padding shorter than a frame is tolerated
+    # (pydicom ignores it), but a whole extra frame or more means Rows/Columns/NumberOfFrames lie.
+    if pix.length < expected or pix.length - expected >= max(frame_bytes, 2):
         return [
             (
                 R.PIXEL_LENGTH_MISMATCH,
@@ -245,8 +249,7 @@ def read_header(path: Path) -> InstanceHeader | None:
     Raises ``InputError`` (``dicom.truncated`` / ``dicom.unreadable``) for a DICOM file whose header is broken.
     """
     size = path.stat().st_size
-    with path.open("rb") as fh, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on every oddity; we report decisions ourselves
+    with path.open("rb") as fh:
         is_dicm = _has_dicm_prefix(fh)
         fh.seek(0)
         try:
@@ -262,11 +265,11 @@ def read_header(path: Path) -> InstanceHeader | None:
                 raise InputError(R.UNREADABLE, f"header: {type(exc).__name__}: {exc}") from exc
             return None
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            if not is_dicm:
-                return None  # forced parsing of a non-DICOM file yields garbage; require the SOP identity
-            if _header_truncated(ds) or _meta_truncated(ds, size):
+            if is_dicm and (_header_truncated(ds) or _meta_truncated(ds, size)):
                 raise InputError(R.TRUNCATED, "file ends before the SOP identity is complete")
-            raise InputError(R.UNREADABLE, "DICOM file without SOP Class/Instance UID")
+            # Forced parsing of a non-DICOM file yields garbage, and a DICOMDIR (media directory) has
+            # no SOP identity in its dataset: neither is an instance of the study.
+            return None
         offset = fh.tell()
         try:
             return _build_instance(path, size, fh, ds, offset)
@@ -276,9 +279,96 @@ def read_header(path: Path) -> InstanceHeader | None:
             raise InputError(R.UNREADABLE, f"header value: {type(exc).__name__}: {exc}") from exc
 
 
-def _int(ds: Dataset, keyword: str, default: int) -> int:
-    value = ds.get(keyword)
+# Tags read from every header. Text VRs (DS, IS, CS, UI, LO) are ASCII, so their raw bytes are parsed
+# directly: pydicom's per-value conversion and regex validation cost more than the file read itself.
+_T_IMAGE_TYPE = 0x00080008
+_T_SOP_CLASS = 0x00080016
+_T_SOP_INSTANCE = 0x00080018
+_T_MODALITY = 0x00080060
+_T_SERIES_DESCRIPTION = 0x0008103E
+_T_SLICE_THICKNESS = 0x00180050
+_T_STUDY_UID = 0x0020000D
+_T_SERIES_UID = 0x0020000E
+_T_SERIES_NUMBER = 0x00200011
+_T_POSITION = 0x00200032
+_T_ORIENTATION = 0x00200037
+_T_FRAME_OF_REFERENCE = 0x00200052
+_T_NUMBER_OF_FRAMES = 0x00280008
+_T_PIXEL_SPACING = 0x00280030
+_T_RESCALE_INTERCEPT = 0x00281052
+_T_RESCALE_SLOPE = 0x00281053
+
+
+def _raw(ds: Dataset, tag: int) -> Any:
+    """An element's value without pydicom's conversion: raw bytes when never accessed, else the value."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    return elem.value
+
+
+def _text(ds: Dataset, tag: int) -> str:
+    value = _raw(ds, tag)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace").strip(" \0")
+    if isinstance(value, str):
+        return value.strip()
+    return "\\".join(str(v) for v in value)  # an already-converted multi-value
+
+
+def _texts(ds: Dataset, tag: int) -> tuple[str, ...]:
+    text = _text(ds, tag)
+    return tuple(v.strip() for v in text.split("\\")) if text else ()
+
+
+def _number(ds: Dataset, tag: int) -> float | None:
+    values = _numbers(ds, tag)
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise ValueError(f"expected one value in {tag:08X}, got {len(values)}")
+    return values[0]
+
+
+def _numbers(ds: Dataset, tag: int) -> tuple[float, ...] | None:
+    value = _raw(ds, tag)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        parts = [v for v in value.decode("ascii").split("\\")]
+        if not any(p.strip() for p in parts):
+            return None
+        out = tuple(float(v) for v in parts)
+    elif isinstance(value, str | int | float):
+        if value == "":
+            return None
+        out = (float(value),)
+    else:
+        out = tuple(float(v) for v in value)
+    if not all(abs(v) < 1e9 for v in out):  # NaN and inf fail this too
+        raise ValueError("non-finite numeric value")
+    return out
+
+
+def _us(ds: Dataset, tag: int, default: int) -> int:
+    """An unsigned short (US) element, unpacked from its raw bytes in the dataset's byte order."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return default
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+        if len(elem.value) < 2:
+            return default
+        return int(struct.unpack("<H" if elem.is_little_endian else ">H", elem.value[:2])[0])
+    value = elem.value
     return default if value is None or value == "" else int(value)
+
+
+@lru_cache(maxsize=64)
+def is_compressed(transfer_syntax: str) -> bool:
+    """Whether a transfer syntax encapsulates (compresses) pixel data; cached, UID() validates on creation."""
+    return bool(UID(transfer_syntax).is_compressed)
 
 
 def _build_instance(path: Path, size: int, fh: BinaryIO, ds: Dataset, offset: int) -> InstanceHeader:
@@ -289,27 +379,29 @@ def _build_instance(path: Path, size: int, fh: BinaryIO, ds: Dataset, offset: in
     pixel = None if deflated else _read_pixel_element(fh, offset, size, bool(implicit), bool(little))
     if deflated:
         pixel = PixelElement(-1, 0, _UNDEFINED)
-    image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or ()))
-    series_number = ds.get("SeriesNumber")
+    series_number = _number(ds, _T_SERIES_NUMBER)
+    frames = _number(ds, _T_NUMBER_OF_FRAMES)
+    description = _raw(ds, _T_SERIES_DESCRIPTION)
     inst = InstanceHeader(
         path=path,
         size=size,
         dataset=ds,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
-        modality=str(ds.get("Modality", "")).upper(),
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
-        image_type=image_type,
-        description=str(ds.get("SeriesDescription", "")),
-        series_number=int(series_number) if series_number not in (None, "") else None,
+        sop_instance_uid=_text(ds, _T_SOP_INSTANCE),
+        series_uid=_text(ds, _T_SERIES_UID),
+        study_uid=_text(ds, _T_STUDY_UID),
+        frame_of_reference_uid=_text(ds, _T_FRAME_OF_REFERENCE),
+        modality=_text(ds, _T_MODALITY).upper(),
+        sop_class_uid=_text(ds, _T_SOP_CLASS),
+        image_type=tuple(v.upper() for v in _texts(ds, _T_IMAGE_TYPE)),
+        # LO may use the dataset's character set: let pydicom decode it (it is not on the hot path).
+        description=str(ds.get("SeriesDescription", "")) if description is not None else "",
+        series_number=int(series_number) if series_number is not None else None,
         transfer_syntax=ts,
-        rows=_int(ds, "Rows", 0),
-        cols=_int(ds, "Columns", 0),
-        frames=max(_int(ds, "NumberOfFrames", 1), 1),
-        samples_per_pixel=_int(ds, "SamplesPerPixel", 1),
-        bits_allocated=_int(ds, "BitsAllocated", 16),
+        rows=_us(ds, 0x00280010, 0),
+        cols=_us(ds, 0x00280011, 0),
+        frames=max(int(frames) if frames is not None else 1, 1),
+        samples_per_pixel=_us(ds, 0x00280002, 1),
+        bits_allocated=_us(ds, 0x00280100, 16),
         pixel=pixel,
     )
     if pixel is None and _header_truncated(ds):
@@ -375,16 +467,15 @@ def _frame_infos(ds: Dataset, frames: int) -> list[FrameInfo]:
                 )
             )
         return infos
-    thick = ds.get("SliceThickness")
-    slope = ds.get("RescaleSlope")
-    intercept = ds.get("RescaleIntercept")
+    slope = _number(ds, _T_RESCALE_SLOPE)
+    intercept = _number(ds, _T_RESCALE_INTERCEPT)
     info = FrameInfo(
-        position=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-        orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
-        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-        thickness=float(thick) if thick not in (None, "") else None,
-        slope=float(slope) if slope not in (None, "") else 1.0,
-        intercept=float(intercept) if intercept not in (None, "") else 0.0,
+        position=_floats(_numbers(ds, _T_POSITION), 3),  # type: ignore[arg-type]
+        orientation=_floats(_numbers(ds, _T_ORIENTATION), 6),  # type: ignore[arg-type]
+        pixel_spacing=_floats(_numbers(ds, _T_PIXEL_SPACING), 2),  # type: ignore[arg-type]
+        thickness=_number(ds, _T_SLICE_THICKNESS),
+        slope=slope if slope is not None else 1.0,
+        intercept=intercept if intercept is not None else 0.0,
     )
     if frames > 1:
         # Legacy multi-frame without functional groups has no per-frame positions.
@@ -397,26 +488,36 @@ def scan_study(ref: StudyRef, max_files: int) -> StudyScan:
     files = list_files(ref, max_files)
     by_series: dict[str, dict[str, InstanceHeader]] = {}
     duplicates: dict[str, int] = {}
-    non_dicom = 0
     unreadable: list[tuple[str, str]] = []
-    for path in files:
-        try:
-            inst = read_header(path)
-        except InputError as exc:
-            unreadable.append((exc.reason, exc.detail))
-            continue
-        except OSError as exc:
-            unreadable.append((R.UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}"))
-            continue
-        if inst is None:
-            non_dicom += 1
-            continue
-        series = by_series.setdefault(inst.series_uid, {})
-        # The same SOP Instance UID twice (a PACS re-send): keep the first in path order.
-        if inst.sop_instance_uid in series:
-            duplicates[inst.series_uid] = duplicates.get(inst.series_uid, 0) + 1
-            continue
-        series[inst.sop_instance_uid] = inst
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on every oddity; we report decisions ourselves
+        for path in files:
+            _scan_one(path, by_series, duplicates, unreadable)
+    skipped = len(files) - sum(len(v) for v in by_series.values()) - sum(duplicates.values()) - len(unreadable)
     groups = [SeriesHeaders(uid, list(insts.values()), duplicates.get(uid, 0)) for uid, insts in by_series.items()]
     groups.sort(key=lambda s: (s.first.series_number if s.first.series_number is not None else 1 << 30, s.uid))
-    return StudyScan(groups, len(files), non_dicom, unreadable)
+    return StudyScan(groups, len(files), skipped, unreadable)
+
+
+def _scan_one(
+    path: Path,
+    by_series: dict[str, dict[str, InstanceHeader]],
+    duplicates: dict[str, int],
+    unreadable: list[tuple[str, str]],
+) -> None:
+    try:
+        inst = read_header(path)
+    except InputError as exc:
+        unreadable.append((exc.reason, exc.detail))
+        return
+    except OSError as exc:
+        unreadable.append((R.UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}"))
+        return
+    if inst is None:
+        return
+    series = by_series.setdefault(inst.series_uid, {})
+    # The same SOP Instance UID twice (a PACS re-send): keep the first in path order.
+    if inst.sop_instance_uid in series:
+        duplicates[inst.series_uid] = duplicates.get(inst.series_uid, 0) + 1
+        return
+    series[inst.sop_instance_uid] = inst

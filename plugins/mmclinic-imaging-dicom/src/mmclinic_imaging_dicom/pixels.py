@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 from mmclinic.errors import InputError
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.encaps import parse_fragments
 from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder, pixel_array
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from mmclinic_imaging_dicom import reasons as R
@@ -83,6 +85,16 @@ def _attach_pixels(inst: InstanceHeader, data: bytes) -> None:
                 return
         raise InputError(R.NO_PIXEL_DATA, "instance has no PixelData element")
     implicit, little = ds.original_encoding
+    if not pix.encapsulated:
+        # Native data: the header pass already knows where the value lies; wrap it as pydicom would.
+        start = pix.offset + pix.header_len
+        vr = None if implicit else data[pix.offset + 4 : pix.offset + 6].decode("ascii")
+        tag = int.from_bytes(data[pix.offset : pix.offset + 2], "little" if little else "big") << 16
+        tag |= int.from_bytes(data[pix.offset + 2 : pix.offset + 4], "little" if little else "big")
+        ds[tag] = RawDataElement(
+            BaseTag(tag), vr, pix.length, data[start : start + pix.length], start, bool(implicit), bool(little)
+        )
+        return
     fp = io.BytesIO(data)
     fp.seek(pix.offset)
     try:

@@ -67,7 +67,7 @@ class CtDicomPlugin(ModalityPlugin):
         decisions = evaluate(scan, self.cfg, target_z)
         summary: dict[str, Any] = {
             "files": scan.files_found,
-            "non_dicom_files": scan.non_dicom_files,
+            "skipped_files": scan.skipped_files,
             "unreadable_files": len(scan.unreadable),
             "series": [d.summary() for d in decisions],
         }

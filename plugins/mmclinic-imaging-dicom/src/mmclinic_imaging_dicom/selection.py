@@ -177,7 +177,7 @@ def choose(scan: StudyScan, decisions: list[SeriesDecision], cfg: CtDicomConfig,
         if scan.unreadable:
             reason, detail = scan.unreadable[0]
             raise InputError(reason, f"{len(scan.unreadable)} DICOM file(s) could not be read; first: {detail}")
-        what = f"{scan.files_found} file(s), {scan.non_dicom_files} not DICOM, {len(decisions)} non-image series"
+        what = f"{scan.files_found} file(s), {scan.skipped_files} not DICOM instances, {len(decisions)} non-image series"
         raise InputError(R.NO_IMAGE_SERIES, f"no DICOM image series in the study ({what})")
     if all(R.RULE_MODALITY in codes(d) for d in images):
         found = sorted({d.series.first.modality or "(none)" for d in images})

@@ -1,0 +1,86 @@
+"""The Storage SCP over real associations: echo, store, allow-list rejections (audited), bad input, still serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from sqlalchemy import select
+
+from mmclinic.config import PacsPeer
+from mmclinic.pacs.service import PacsService
+from mmclinic.pacs.testing import SCU_AE, Store, make_settings, scu_echo, scu_store
+from mmclinic.store.models import AuditEvent, Instance
+
+
+@pytest.fixture
+def service(store: Store) -> Iterator[PacsService]:
+    peers = [PacsPeer(ae_title=SCU_AE, host="127.0.0.1", site="s1"), PacsPeer(ae_title="FARAWAY", host="127.0.0.2")]
+    svc = PacsService(make_settings(store.data_dir, allowed_peers=peers), store.factory)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def _rejections(store: Store) -> list[tuple[str, str]]:
+    with store.factory() as s:
+        rows = s.scalars(select(AuditEvent).where(AuditEvent.action == "pacs.association")).all()
+    return [(r.resource, r.outcome) for r in rows]
+
+
+def test_echo_and_store(service: PacsService, store: Store, study_files: list[Path]) -> None:
+    port = service.scp.port
+    assert scu_echo(port) == 0
+    assert scu_store(port, study_files[:4]) == [0, 0, 0, 0]
+    with store.factory() as s:
+        assert len(s.scalars(select(Instance)).all()) == 4
+    assert service.tracker.waiting() == [pydicom.dcmread(study_files[0]).StudyInstanceUID]
+
+
+def test_allow_list_rejects_and_audits(service: PacsService, store: Store) -> None:
+    port = service.scp.port
+    assert scu_echo(port, calling="STRANGER") is None
+    assert scu_echo(port, calling="FARAWAY") is None  # known AE, but it must come from 127.0.0.2
+    assert scu_echo(port, called="NOTUS") is None
+    assert _rejections(store) == [
+        ("ae/STRANGER", "pacs.calling_ae_unknown"),
+        ("ae/FARAWAY", "pacs.peer_host_mismatch"),
+        ("ae/TESTSCU", "pacs.called_ae_unknown"),
+    ]
+    assert scu_echo(port) == 0
+
+
+def test_disallowed_sop_class_is_not_accepted(service: PacsService, study_files: list[Path]) -> None:
+    ds = pydicom.dcmread(study_files[0])
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+    ae = AE(ae_title=SCU_AE)
+    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="MMCLINIC")
+    # The only proposed context is refused, so the association is not usable for MR.
+    if assoc.is_established:
+        assert not assoc.accepted_contexts
+        with pytest.raises(ValueError):
+            assoc.send_c_store(ds)
+        assoc.release()
+    assert scu_echo(service.scp.port) == 0
+
+
+def test_malformed_dataset_gets_failure_and_listener_keeps_serving(
+    service: PacsService, store: Store, study_files: list[Path]
+) -> None:
+    ds = pydicom.dcmread(study_files[0])
+    del ds.StudyInstanceUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ae = AE(ae_title=SCU_AE)
+    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="MMCLINIC")
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xA900 and status.ErrorComment == "dicom.missing_uid"
+    assert scu_echo(service.scp.port) == 0
+    assert scu_store(service.scp.port, study_files[:1]) == [0]

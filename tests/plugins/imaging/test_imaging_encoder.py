@@ -1,0 +1,75 @@
+"""Imaging plugin: collate and the MONAI encoder — shapes, padding-mask semantics, independence, size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from imaging_dicom_factory import SeriesGeometry, folder_ref, hu_volume, make_plugin, write_ct_series
+from mmclinic.errors import ConfigError
+from mmclinic.plugin_api import EncoderOutput, ImagingSpec, ModalityInput, TaskSpec
+
+# A smaller grid than the task default keeps the CPU forward passes in these tests quick.
+SPEC = TaskSpec("enc-test", ("imaging",), (), ("x",), imaging=ImagingSpec(size=(32, 32, 32)))
+
+
+def _item(value: float, spec: TaskSpec = SPEC) -> ModalityInput:
+    image = np.full((1, *spec.imaging.size), value, dtype=np.float32)
+    return ModalityInput(modality="imaging", data={"image": image}, fingerprint={})
+
+
+def test_collate_zeros_where_absent() -> None:
+    plugin = make_plugin()
+    batch = plugin.collate([_item(0.5), None, _item(0.25)], SPEC)
+    assert batch["image"].shape == (3, 1, 32, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["present"].tolist() == [True, False, True]
+    assert float(batch["image"][1].abs().sum()) == 0.0
+    assert float(batch["image"][0].mean()) == 0.5 and float(batch["image"][2].mean()) == 0.25
+    with pytest.raises(ConfigError):
+        plugin.collate([ModalityInput("imaging", {"image": np.zeros((1, 8, 8, 8), np.float32)}, {})], SPEC)
+
+
+def test_encoder_shapes_mask_and_size(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    geom = SeriesGeometry(n_slices=12)
+    write_ct_series(tmp_path, geom, volume=hu_volume(geom, blob_at=(16, 16, 6)))
+    plugin = make_plugin()
+    real = plugin.load(folder_ref(tmp_path), SPEC)
+    encoder = plugin.build_encoder(32, SPEC).eval()
+    n_params = sum(p.numel() for p in encoder.parameters())
+    assert 100_000 < n_params < 1_000_000, n_params  # "a few hundred K": trainable on a CPU
+    batch = plugin.collate([real, None, _item(0.3)], SPEC)
+    with torch.no_grad():
+        out = encoder(batch)
+    assert isinstance(out, EncoderOutput)
+    assert out.tokens.shape == (3, 8, 32)  # 2×2×2 regions
+    assert out.pad_mask.dtype == torch.bool and out.pad_mask.shape == (3, 8)
+    assert out.pad_mask[1].all() and not out.pad_mask[0].any() and not out.pad_mask[2].any()
+    assert float(out.tokens[1].abs().sum()) == 0.0  # absent case contributes nothing
+    assert torch.isfinite(out.tokens).all()
+    logits = out.extras["lesion_logits"]
+    assert logits.shape == (3, 1, 32, 32, 32)
+    # Per-case normalisation: a case's outputs do not depend on what else is in the batch.
+    with torch.no_grad():
+        alone = encoder(plugin.collate([real], SPEC))
+    assert torch.allclose(alone.tokens[0], out.tokens[0], atol=1e-5)
+    assert torch.allclose(alone.extras["lesion_logits"][0], logits[0], atol=1e-5)
+    # Different inputs, different tokens (the encoder is not constant).
+    assert not torch.allclose(out.tokens[0], out.tokens[2])
+
+
+def test_encoder_trains_and_token_grid_is_configurable() -> None:
+    torch.manual_seed(0)
+    spec = TaskSpec("enc-test", ("imaging",), (), ("x",), imaging=ImagingSpec(size=(64, 64, 32)))
+    plugin = make_plugin(token_grid=(4, 4, 2))
+    encoder = plugin.build_encoder(16, spec)
+    batch = plugin.collate([_item(0.2, spec), None], spec)
+    out = encoder(batch)
+    assert out.tokens.shape == (2, 32, 16)
+    loss = out.tokens[0].pow(2).mean() + out.extras["lesion_logits"][0].mean()
+    loss.backward()
+    grads = [p.grad for p in encoder.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert float(encoder.pos.grad.abs().sum()) > 0  # type: ignore[union-attr]
