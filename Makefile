@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PLUGIN_PROJECTS := $(sort $(wildcard plugins/*/pyproject.toml))
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGIN_PROJECTS))
 STAMP := $(VENV)/.install-stamp
-EXTRAS ?= dev,postgres
+EXTRAS ?= dev,postgres,ray
 
 .PHONY: install demo test lint bench clean
 

@@ -112,7 +112,7 @@ def _row(name: str, files: list[Path], root: Path, notes: str) -> dict[str, Any]
         "ratio": base / cand,
         "target": 0.25,
         "higher_is_better": True,
-        "notes": f"{len(files)} instances, {mb:.1f} MB; {len(files) / cand:.0f} inst/s vs {len(files) / base:.0f}; {notes}",
+        "notes": f"{len(files)} inst, {mb:.1f} MB; {len(files) / cand:.0f} vs {len(files) / base:.0f} inst/s; {notes}",
     }
 
 

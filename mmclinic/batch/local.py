@@ -47,7 +47,8 @@ def run_local(
                 return
             pending.append(pool.submit(prepare_item, engine, nxt, weights, done))
 
-    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="prepare") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="prepare")
+    try:
         fill(pool)
         for batch in chunks(items, batch_size):
             outcomes: list[Outcome] = []
@@ -58,9 +59,12 @@ def run_local(
             for o in outcomes:
                 keys[o.item.index] = o.key
             results, failures = score_outcomes(engine, outcomes)
-            journal.commit_batch(results, failures)
-            counts.add(len(results), sum(o.skipped for o in outcomes), failures)
+            new = journal.commit_batch(results, failures)
+            counts.add(new, sum(o.skipped for o in outcomes), failures)
             on_batch()
             for f in failures:
-                event(log, "batch.case_failed", case=f.key.case_id, reason=f.reason, final=f.final)
+                event(log, "batch.case_failed", row=f.row, reason=f.reason, final=f.final)
+    finally:
+        # On an interrupt, queued loads are dropped instead of finishing a window of work nobody will use.
+        pool.shutdown(wait=True, cancel_futures=True)
     return keys

@@ -86,8 +86,28 @@ def run_ray(
 ) -> dict[int, Key]:
     """Score the items on Ray (an existing session, ``address``, or a new local instance)."""
     ray = _import_ray()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:  # else: the caller's session (a notebook, a test, a job submitted to a cluster)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        return _run(ray, factory, weights, items, journal, counts, batch_size, workers, num_cpus_per_worker, on_batch)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(
+    ray: Any,
+    factory: EngineFactory,
+    weights: str,
+    items: Sequence[WorkItem],
+    journal: Journal,
+    counts: Counts,
+    batch_size: int,
+    workers: int,
+    num_cpus_per_worker: float,
+    on_batch: Callable[[], None],
+) -> dict[int, Key]:
     keys: dict[int, Key] = {}
     done = journal.done_keys()
     rows: list[dict[str, Any]] = []
@@ -136,5 +156,5 @@ def run_ray(
         counts.add(new, int(row["skipped"]), failures)
         on_batch()
         for f in failures:
-            event(log, "batch.case_failed", case=f.key.case_id, reason=f.reason, final=f.final)
+            event(log, "batch.case_failed", row=f.row, reason=f.reason, final=f.final)
     return keys

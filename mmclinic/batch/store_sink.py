@@ -119,7 +119,7 @@ def write_to_store(url: str, data_dir: Path, model: str, scored: Sequence[tuple[
                 # Data the store refuses (e.g. an id it does not accept) must not stop the others.
                 reason = exc.reason if isinstance(exc, MmclinicError) else "store.input_unreadable"
                 stats.failed[reason] = stats.failed.get(reason, 0) + 1
-                event(log, "batch.store_failed", level=logging.WARNING, case=case.case_id, reason=reason)
+                event(log, "batch.store_failed", level=logging.WARNING, reason=reason)
     finally:
         engine.dispose()
     return stats

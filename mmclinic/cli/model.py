@@ -24,6 +24,12 @@ def train_cmd(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of patients held out for validation."),
     seed: int = typer.Option(0, "--seed"),
     max_minutes: float = typer.Option(0.0, "--max-minutes", help="Stop after the epoch that passes this (0: none)."),
+    freeze_after: int = typer.Option(
+        0,
+        "--freeze-after",
+        help="Two-phase schedule: end-to-end epochs before the imaging encoder is frozen (0: never).",
+    ),
+    phase1_cases: int = typer.Option(0, "--phase1-cases", help="Training cases used in phase 1 (0: all)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     cache: Path | None = typer.Option(None, "--cache", help="Input cache folder (default RUN/cache); shareable."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from RUN/last.pt when present."),
@@ -43,6 +49,8 @@ def train_cmd(
         val_fraction=val_fraction,
         seed=seed,
         max_minutes=max_minutes,
+        freeze_after=freeze_after,
+        phase1_cases=phase1_cases,
         device=device,
     )
     res = train(manifest, out, cfg, cache_dir=cache, resume=resume)

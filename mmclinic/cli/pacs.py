@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from typing import TYPE_CHECKING, Annotated
@@ -34,6 +35,8 @@ def listen(
     from mmclinic.config import get_settings
 
     settings = get_settings()
+    # pynetdicom's INFO lines describe every DIMSE message; keep the service log to our own events.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if port is not None:
         settings.pacs.port = port
     svc = _service()
@@ -69,7 +72,9 @@ def outbox(flush: Annotated[bool, typer.Option(help="Try to send every pending o
         typer.echo(f"sent {stats.sent}, failed attempts {stats.failed}")
     for name in svc.outbox.pending():
         st = svc.outbox.state(name)
-        typer.echo(f"{name}\tattempts {st['attempts']}\tremaining {','.join(st['remaining'])}\t{st.get('last_error', '')}")
+        typer.echo(
+            f"{name}\tattempts {st['attempts']}\tremaining {','.join(st['remaining'])}\t{st.get('last_error', '')}"
+        )
 
 
 @pacs_app.command("export")

@@ -141,7 +141,9 @@ def read_checkpoint(path: Path, *, with_extra: bool = False) -> dict[str, Any]:
     return payload
 
 
-def check_compatible(meta: dict[str, Any], spec: TaskSpec, plugins: dict[str, ModalityPlugin], task_version: str) -> None:
+def check_compatible(
+    meta: dict[str, Any], spec: TaskSpec, plugins: dict[str, ModalityPlugin], task_version: str
+) -> None:
     """Raise ModelError with a precise reason when the installed task/plugins cannot run this checkpoint."""
     for modality, want in meta["plugins"].items():
         plugin = plugins.get(modality)
@@ -158,7 +160,9 @@ def check_compatible(meta: dict[str, Any], spec: TaskSpec, plugins: dict[str, Mo
                 f"{plugin.name}: checkpoint needs {want['version']}, installed is {plugin.version}",
             )
         if want["version"] != plugin.version:
-            event(log, "model.plugin_patch_differs", plugin=plugin.name, saved=want["version"], installed=plugin.version)
+            event(
+                log, "model.plugin_patch_differs", plugin=plugin.name, saved=want["version"], installed=plugin.version
+            )
     live = spec_to_dict(spec)
     saved = meta["spec"]
     for key in ("tabular_schema", "imaging", "labels", "max_text_tokens"):

@@ -322,9 +322,9 @@ class InferenceEngine:
                     confidence=f.confidence,
                     malignancy_risk=risk,
                     center_voxel=(
-                        int(round(f.center_voxel[0])),
-                        int(round(f.center_voxel[1])),
-                        int(round(f.center_voxel[2])),
+                        round(f.center_voxel[0]),
+                        round(f.center_voxel[1]),
+                        round(f.center_voxel[2]),
                     ),
                 )
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -26,6 +28,6 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     opt.step(closure)  # type: ignore[no-untyped-call]
     t = float(log_t.detach().exp())
-    if not (t == t):  # NaN guard
+    if math.isnan(t):
         return 1.0
     return min(max(t, 0.05), 20.0)

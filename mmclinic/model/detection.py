@@ -94,7 +94,7 @@ def sphere_mask(
     grids = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij")
     d2 = sum(((g - c) * sp) ** 2 for g, c, sp in zip(grids, center_voxel, spacing_mm, strict=True))
     mask: NDArray[np.bool_] = np.asarray(d2 <= radius_mm**2)
-    ijk = tuple(int(round(c)) for c in center_voxel)
+    ijk = tuple(round(c) for c in center_voxel)
     if all(0 <= i < s for i, s in zip(ijk, shape, strict=True)):
         mask[ijk] = True  # a lesion smaller than a voxel still gets one positive voxel
     return mask

@@ -99,8 +99,7 @@ class FusionModel(nn.Module):
         """Run each encoder's frozen, deterministic ``precompute`` (identity when it has none)."""
         out: Batch = {}
         for m, b in batch.items():
-            enc = self.encoders[m] if m in self.encoders else None
-            fn = getattr(enc, "precompute", None)
+            fn = getattr(self.encoders[m], "precompute", None) if m in self.encoders else None
             out[m] = fn(b) if callable(fn) else b
         return out
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -107,7 +108,7 @@ def build_objects(session: Session, row: PredictionRow, with_seg: bool = False) 
     return out
 
 
-def sources_with_pixels(paths: list[Path]) -> list[object]:
+def sources_with_pixels(paths: list[Path]) -> list[Dataset]:
     """Full source datasets (SEG needs them to check geometry)."""
     import pydicom
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -76,7 +77,7 @@ def _gated_acse_class(gate: AccessGate) -> type[Any]:
     from pynetdicom import evt
     from pynetdicom.acse import ACSE
 
-    class GatedACSE(ACSE):  # type: ignore[misc]
+    class GatedACSE(ACSE):
         """ACSE that applies the allow-list (AE title *and* host) before the normal negotiation.
 
         pynetdicom only knows AE-title lists; the host check needs the requestor's address, which
@@ -85,6 +86,7 @@ def _gated_acse_class(gate: AccessGate) -> type[Any]:
 
         def _negotiate_as_acceptor(self) -> None:
             rq = self.requestor.primitive
+            assert rq is not None  # negotiation starts only after an A-ASSOCIATE-RQ arrived
             calling, called = str(rq.calling_ae_title), str(rq.called_ae_title)
             host = str(self.assoc.requestor.address)
             site, reason = gate.check(calling, called, host)
@@ -96,7 +98,7 @@ def _gated_acse_class(gate: AccessGate) -> type[Any]:
                 evt.trigger(self.assoc, evt.EVT_REJECTED, {})
                 self.assoc.kill()
                 return
-            self.assoc.mmclinic_site = site  # read by the C-STORE handler
+            self.assoc.mmclinic_site = site  # type: ignore[attr-defined]  # read by the C-STORE handler
             super()._negotiate_as_acceptor()
 
     return GatedACSE
@@ -182,15 +184,16 @@ class StorageSCP:
 
         acse_cls = _gated_acse_class(self.gate)
 
-        class Handler(RequestHandler):  # type: ignore[misc]
+        class Handler(RequestHandler):
             def _create_association(self) -> Any:
                 assoc = super()._create_association()
                 assoc.acse = acse_cls(assoc)
                 return assoc
 
-        class Server(ThreadedAssociationServer):  # type: ignore[misc]
+        class Server(ThreadedAssociationServer):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
-                super().__init__(*args, request_handler=Handler, **kwargs)
+                kwargs["request_handler"] = Handler
+                super().__init__(*args, **kwargs)
 
         ae = self._build_ae()
         try:
@@ -202,7 +205,9 @@ class StorageSCP:
                 server_class=Server,
             )
         except OSError as exc:
-            raise ConfigError("config.pacs_bind", f"cannot listen on {self.settings.host}:{self.settings.port}") from exc
+            raise ConfigError(
+                "config.pacs_bind", f"cannot listen on {self.settings.host}:{self.settings.port}"
+            ) from exc
         self._ae = ae
         self._thread = threading.Thread(target=self._server.serve_forever, name="pacs-scp", daemon=True)
         self._thread.start()
@@ -215,10 +220,9 @@ class StorageSCP:
     def stop(self) -> None:
         """Stop accepting, close the socket and wait for the serving thread."""
         if self._server is not None:
-            try:
+            # pynetdicom un-registers the server from an AE list it was never added to: ValueError.
+            with contextlib.suppress(ValueError):
                 self._server.shutdown()  # also closes the socket
-            except ValueError:  # pynetdicom un-registers the server from an AE list it was never added to
-                pass
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=10)

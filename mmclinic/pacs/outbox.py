@@ -155,7 +155,9 @@ class Outbox:
                 st["next_at"] = t + self._backoff(st["attempts"])
                 st["last_error"] = error
                 self._write_state(state_path, st)
-                event(log, "pacs.outbox_retry", level=logging.WARNING, entry=name, reason=error, attempts=st["attempts"])
+                event(
+                    log, "pacs.outbox_retry", level=logging.WARNING, entry=name, reason=error, attempts=st["attempts"]
+                )
                 continue
             self._move_to_sent(name)
             stats.sent += 1

@@ -73,7 +73,9 @@ class ResourceGuard:
             now = time.monotonic()
             if now - self._checked > self._ttl:
                 with self._factory() as s:
-                    self._queued = int(s.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0)
+                    self._queued = int(
+                        s.scalar(select(func.count()).select_from(Job).where(Job.state == "queued")) or 0
+                    )
                 self._checked = now
             return self._queued
 
@@ -82,7 +84,9 @@ class ResourceGuard:
         self._dir.mkdir(parents=True, exist_ok=True)
         free_mb = shutil.disk_usage(self._dir).free / (1 << 20)
         if free_mb < self._settings.min_free_disk_mb:
-            raise ResourceExhaustedError("resource.disk_full", f"{free_mb:.0f} MB free < {self._settings.min_free_disk_mb}")
+            raise ResourceExhaustedError(
+                "resource.disk_full", f"{free_mb:.0f} MB free < {self._settings.min_free_disk_mb}"
+            )
         if self.queued_jobs() >= self._settings.max_queued_jobs:
             raise ResourceExhaustedError("resource.queue_full", f"{self._settings.max_queued_jobs} jobs queued")
 

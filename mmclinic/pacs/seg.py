@@ -44,7 +44,9 @@ def build_seg(pred: Prediction, ids: ResultIds, sources: Sequence[Dataset]) -> D
     if not mask.any():
         return None
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"mmclinic {pred.task}"[:64], family=codes.cid7162.ArtificialIntelligence, version=pred.provenance.task_version
+        name=f"mmclinic {pred.task}"[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=pred.provenance.task_version,
     )
     segment = hd.seg.SegmentDescription(
         segment_number=1,
@@ -69,4 +71,4 @@ def build_seg(pred: Prediction, ids: ResultIds, sources: Sequence[Dataset]) -> D
         device_serial_number=ids.device_uid[-16:],
         series_description="mmclinic lesion mask",
     )
-    return seg  # type: ignore[no-any-return]
+    return seg

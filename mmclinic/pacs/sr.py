@@ -113,7 +113,9 @@ def read_sources(paths: Sequence[Path]) -> list[Dataset]:
         try:
             out.append(pydicom.dcmread(p, stop_before_pixels=True))
         except Exception as exc:  # a source file that vanished or rotted since it was stored
-            raise InputError("pacs.source_unreadable", f"source instance cannot be read ({type(exc).__name__})") from exc
+            raise InputError(
+                "pacs.source_unreadable", f"source instance cannot be read ({type(exc).__name__})"
+            ) from exc
     if not out:
         raise InputError("pacs.no_sources", "the prediction has no source instances to reference")
     return sorted(out, key=lambda d: (int(getattr(d, "InstanceNumber", 0) or 0), str(d.SOPInstanceUID)))
@@ -176,10 +178,14 @@ def build_sr(
     present = set(pred.provenance.modalities_present)
     for m in all_modalities:
         if m not in present:
-            qualitative.append(QualitativeEvaluation(_code(_ABSENT), _code(_MODALITY_CODES.get(m, (m.upper()[:16], "99MMCLINIC", m)))))
+            qualitative.append(
+                QualitativeEvaluation(_code(_ABSENT), _code(_MODALITY_CODES.get(m, (m.upper()[:16], "99MMCLINIC", m))))
+            )
     groups: list[Any] = [
         MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=derived_uid("tracking", ids.sr_sop_uid, "case"), identifier="case"),
+            tracking_identifier=TrackingIdentifier(
+                uid=derived_uid("tracking", ids.sr_sop_uid, "case"), identifier="case"
+            ),
             algorithm_id=algorithm,
             measurements=[_measurement(m) for m in content.get("case_measurements", [])],
             qualitative_evaluations=qualitative or None,
@@ -222,10 +228,11 @@ def build_sr(
         is_final=False,  # unverified machine output: a clinician has not signed it
     )
     if when is not None:
-        sr.ContentDate, sr.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-        sr.InstanceCreationDate, sr.InstanceCreationTime = sr.ContentDate, sr.ContentTime
-        if "SeriesDate" in sr:
-            sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
+        day, clock = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+        for kw in ("Content", "InstanceCreation", "Series"):
+            if kw == "Content" or f"{kw}Date" in sr:
+                setattr(sr, f"{kw}Date", day)
+                setattr(sr, f"{kw}Time", clock)
         for item in sr.get("ContributingEquipmentSequence", []):
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
     return sr

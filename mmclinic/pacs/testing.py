@@ -48,7 +48,9 @@ def make_settings(data_dir: Path, port: int = 0, **pacs: Any) -> Settings:
         "retry_initial_s": 0.0,
     }
     base.update(pacs)
-    return Settings(data_dir=data_dir, database_url=f"sqlite:///{(data_dir / 'mmclinic.db').as_posix()}", pacs=PacsSettings(**base))
+    return Settings(
+        data_dir=data_dir, database_url=f"sqlite:///{(data_dir / 'mmclinic.db').as_posix()}", pacs=PacsSettings(**base)
+    )
 
 
 def dest(port: int, ae: str = "PACS") -> PacsDestination:
@@ -109,7 +111,9 @@ class RecordingSCP:
 
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
-        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
         return self
 
     def stop(self) -> None:

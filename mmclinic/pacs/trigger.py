@@ -148,7 +148,9 @@ def complete_study(factory: sessionmaker[Session], study_uid: str, model: str) -
         return None
     with transaction(factory) as s:
         notes, tabular = _latest_inputs(s, site, pseudo)
-        res = submit(s, CaseInput(patient_id=pseudo, site=site, study_uid=study_uid, notes=notes, tabular=tabular), model)
+        res = submit(
+            s, CaseInput(patient_id=pseudo, site=site, study_uid=study_uid, notes=notes, tabular=tabular), model
+        )
         record(s, listener_actor(site, "trigger"), "case.create", f"case/{res.case.case_key}", "ok")
         job_id = res.job.id
     event(

@@ -212,7 +212,12 @@ def _goals(r: dict[str, Any]) -> dict[str, Any]:
     auc = r["fused"]["auroc"]
     bayes = r["reference"].get("bayes_optimal")
     if bayes is not None:
-        goals["auroc_vs_bayes"] = {"target": "fused >= bayes - 0.03", "fused": auc, "bayes": bayes, "met": auc >= bayes - 0.03}
+        goals["auroc_vs_bayes"] = {
+            "target": "fused >= bayes - 0.03",
+            "fused": auc,
+            "bayes": bayes,
+            "met": auc >= bayes - 0.03,
+        }
     goals["ece"] = {"target": "<= 0.03", "value": r["fused"]["ece"], "met": r["fused"]["ece"] <= 0.03}
     singles = {k: v for k, v in r["compare"].items() if len(v["modalities"]) == 1}
     if singles:
@@ -225,11 +230,17 @@ def _goals(r: dict[str, Any]) -> dict[str, Any]:
             "ci95": d["ci95"],
             "met": d["delta"] >= 0.05 and d["ci95"][0] > 0,
         }
-    pairs = {k: v["fused_without_missing_minus_this_auroc"] for k, v in r["compare"].items()
-             if "fused_without_missing_minus_this_auroc" in v}
+    pairs = {
+        k: v["fused_without_missing_minus_this_auroc"]
+        for k, v in r["compare"].items()
+        if "fused_without_missing_minus_this_auroc" in v
+    }
     if pairs:
-        goals["missing_modality"] = {"target": "|delta| <= 0.01 (or better)", "deltas": pairs,
-                                     "met": all(d >= -0.01 for d in pairs.values())}
+        goals["missing_modality"] = {
+            "target": "|delta| <= 0.01 (or better)",
+            "deltas": pairs,
+            "met": all(d >= -0.01 for d in pairs.values()),
+        }
     det = r.get("detection")
     if det:
         goals["detection"] = {

@@ -126,7 +126,13 @@ def _plots(out: Path, r: dict[str, Any], curves: dict[str, Any]) -> None:
     vals = [e["auroc"] for e in entries]
     err = np.array([[v - e["auroc_ci95"][0], e["auroc_ci95"][1] - v] for v, e in zip(vals, entries, strict=True)]).T
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(names)), 4))
-    ax.bar(range(len(names)), vals, yerr=err, capsize=3, color=["C0"] + ["C1"] * len(r["ablation"]) + ["C2"] * len(r["compare"]))
+    ax.bar(
+        range(len(names)),
+        vals,
+        yerr=err,
+        capsize=3,
+        color=["C0"] + ["C1"] * len(r["ablation"]) + ["C2"] * len(r["compare"]),
+    )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="AUROC (95% CI)", ylim=(0.4, 1.0), title="Modality ablation and single-modality models")
     fig.tight_layout()

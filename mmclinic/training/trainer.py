@@ -239,9 +239,7 @@ class Trainer:
         cache = CaseCache(cache_dir or self.out / "cache", self.prep_engine)
         examples, rejected = build_examples(cohort, cache, self.parts, self.progress)
         self.cache_stats = {"hits": cache.hits, "misses": cache.misses}
-        train_cases, val_cases = patient_split(
-            [Case(e.case_id, e.patient_id) for e in examples], cfg.val_fraction, cfg.seed
-        )
+        train_cases, _ = patient_split([Case(e.case_id, e.patient_id) for e in examples], cfg.val_fraction, cfg.seed)
         train_ids = {c.case_id for c in train_cases}
         train = [e for e in examples if e.case_id in train_ids]
         val = [e for e in examples if e.case_id not in train_ids]
@@ -287,8 +285,13 @@ class Trainer:
             val_auc = auroc(val_logits[:, T_MALIGNANT].numpy(), y_val[:, T_MALIGNANT].numpy())
             tumor_auc = auroc(val_logits[:, T_TUMOR].numpy(), y_val[:, T_TUMOR].numpy())
             score = val_auc if np.isfinite(val_auc) else -float(train_loss)
-            rec = {"epoch": epoch, "train_loss": train_loss, "val_auroc": val_auc, "val_tumor_auroc": tumor_auc,
-                   "seconds": round(time.monotonic() - t0, 1)}
+            rec = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_auroc": val_auc,
+                "val_tumor_auroc": tumor_auc,
+                "seconds": round(time.monotonic() - t0, 1),
+            }
             state["history"].append(rec)
             event(log, "train.epoch", epoch=epoch, loss=round(train_loss, 4), val_auroc=round(val_auc, 4))
             state["epoch"] = epoch
@@ -327,8 +330,10 @@ class Trainer:
                         eo = enc(b[m])
                     rows = outputs_as_batch(eo, b[m]["present"])
                     for r, e in enumerate(chunk):
-                        one = {k: v[r : r + 1].float().cpu() if v.is_floating_point() else v[r : r + 1].cpu()
-                               for k, v in rows.items()}
+                        one = {
+                            k: v[r : r + 1].float().cpu() if v.is_floating_point() else v[r : r + 1].cpu()
+                            for k, v in rows.items()
+                        }
                         src = e.inputs[m]
                         e.replay[m] = CachedInput(one, src.present, src.fingerprint, src.meta)
                         advance()
@@ -380,11 +385,18 @@ class Trainer:
                 advance()
         return total / max(n, 1)
 
-    def _meta(self, normalization: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _meta(
+        self, normalization: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return model_meta(self.parts, self.model, normalization=normalization, training=training, metrics=metrics)
 
     def _save_last(
-        self, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any], norm: dict[str, Any], training: dict[str, Any]
+        self,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        state: dict[str, Any],
+        norm: dict[str, Any],
+        training: dict[str, Any],
     ) -> None:
         extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "train_state": json.dumps(state)}
         with self._real_encoders():
@@ -402,7 +414,12 @@ class Trainer:
         return state
 
     def _finish(
-        self, val: list[Example], state: dict[str, Any], norm: dict[str, Any], training: dict[str, Any], rejected: dict[str, str]
+        self,
+        val: list[Example],
+        state: dict[str, Any],
+        norm: dict[str, Any],
+        training: dict[str, Any],
+        rejected: dict[str, str],
     ) -> TrainResult:
         """Best weights → temperature per head + operating threshold on validation → ``model.pt``."""
         best = read_checkpoint(self.out / BEST)
@@ -430,9 +447,15 @@ class Trainer:
         training = {**training, "history": state["history"]}
         ckpt = self.out / CHECKPOINT_NAME
         sha = save_checkpoint(ckpt, self.model, self._meta(norm, training, metrics))
-        summary = {"checkpoint": str(ckpt), "weights_sha256": sha, **metrics, "n_rejected": len(rejected),
-                   "cache": dict(self.cache_stats),
-                   "rejected_reasons": sorted(set(rejected.values())), "history": state["history"]}
+        summary = {
+            "checkpoint": str(ckpt),
+            "weights_sha256": sha,
+            **metrics,
+            "n_rejected": len(rejected),
+            "cache": dict(self.cache_stats),
+            "rejected_reasons": sorted(set(rejected.values())),
+            "history": state["history"],
+        }
         (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         event(log, "train.done", auroc=round(metrics["val_auroc"], 4), epochs=state["epoch"], sha=sha[:12])
         return TrainResult(self.out, ckpt, summary)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -190,3 +191,12 @@ def test_cli_reports_bad_input_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: batch.bad_output:")
     assert "Traceback" not in proc.stderr
+
+
+def test_logs_carry_no_patient_or_case_identifiers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    manifest = write_manifest(tmp_path / "m", XS)
+    with caplog.at_level(logging.DEBUG):
+        score_cohort(_opts(manifest, tmp_path / "r.csv"), engine_factory=FakeEngine)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "batch.case_failed" in text and "reason=tabular.fake_bad" in text  # failures are logged ...
+    assert not any(f"p{i:02d}" in text or f"c{i:02d}" in text for i in range(len(XS)))  # ... without ids

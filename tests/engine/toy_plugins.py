@@ -145,18 +145,14 @@ class ToyTask(TaskPlugin):
         return None
 
 
-def toy_registry(
-    imaging_version: str = "1.2.0", spec: TaskSpec | None = None, weights: Path | None = None
-) -> Registry:
+def toy_registry(imaging_version: str = "1.2.0", spec: TaskSpec | None = None, weights: Path | None = None) -> Registry:
     """A registry holding the toy plugins (no entry points involved)."""
     img_cls = type("ToyImagingV", (ToyImaging,), {"version": imaging_version})
     task = ToyTask()
     task.spec_override = spec
     task.weights = weights
     plugins: list[Any] = [img_cls(), ToyTabular(), task]
-    return Registry(
-        [PluginRecord(p.name, "toy", p.kind, p.name, p.version, "ok", plugin=p) for p in plugins]
-    )
+    return Registry([PluginRecord(p.name, "toy", p.kind, p.name, p.version, "ok", plugin=p) for p in plugins])
 
 
 def changed_schema() -> TaskSpec:
@@ -187,7 +183,12 @@ def toy_cohort(n: int = 60, seed: int = 0, per_patient: int = 2) -> Any:
             del inputs["tabular"]  # some cases lack records
         cid = f"T{i:03d}"
         cases.append(
-            Case(cid, f"P{i // per_patient:03d}", inputs=inputs, labels={"tumor_present": float(has), "malignant": malignant})
+            Case(
+                cid,
+                f"P{i // per_patient:03d}",
+                inputs=inputs,
+                labels={"tumor_present": float(has), "malignant": malignant},
+            )
         )
         lesions[cid] = gts
     return Cohort(cases, {}, lesions, {"cases": {c.case_id: {"p_malignant": 0.5, "lesions": []} for c in cases}})

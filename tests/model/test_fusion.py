@@ -19,7 +19,10 @@ def _model(dropout: float = 0.0) -> FusionModel:
 def _batch(b: int, img_present: list[bool], tab_present: list[bool]) -> dict[str, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(1)
     return {
-        "imaging": {"volume": torch.randn(b, 1, *TOY_SPEC.imaging.size, generator=g), "present": torch.tensor(img_present)},
+        "imaging": {
+            "volume": torch.randn(b, 1, *TOY_SPEC.imaging.size, generator=g),
+            "present": torch.tensor(img_present),
+        },
         "tabular": {"x": torch.randn(b, 2, generator=g), "present": torch.tensor(tab_present)},
     }
 

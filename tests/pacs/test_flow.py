@@ -104,3 +104,16 @@ def test_restart_recovers_studies_without_case(store: Store, study_files: list[P
     fresh = PacsService(make_settings(store.data_dir), store.factory)
     assert fresh.tracker.recover(store.factory) == 1
     assert fresh.tick(now=1e12).jobs_queued == 1
+
+
+def test_export_with_seg_when_enabled(store: Store, study_files: list[Path]) -> None:
+    svc = PacsService(make_settings(store.data_dir, write_seg=True), store.factory)
+    for f in study_files:
+        svc.receiver.store(f.read_bytes(), "s1", "c")
+    svc.tick(now=1e12)
+    _work(store)
+    svc.tick()
+    names = sorted(svc.outbox.sent())
+    assert [n.split("-")[0] for n in names] == ["seg", "sr"]
+    seg = pydicom.dcmread(io.BytesIO(svc.outbox.get(names[0]) or b""))
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(study_files[0]).StudyInstanceUID

@@ -38,7 +38,9 @@ def test_sr_route(store: Store, study_files: list[Path]) -> None:
     [name] = svc.outbox.sent() or svc.outbox.pending()
     assert r.content == svc.outbox.get(name)
     assert ds.Modality == "SR"
-    assert client.get(f"/api/v1/predictions/{pred_id}/sr", headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    assert (
+        client.get(f"/api/v1/predictions/{pred_id}/sr", headers={"Authorization": f"Bearer {other}"}).status_code == 404
+    )
     assert client.get(f"/api/v1/predictions/{pred_id}/sr").status_code == 401
     with store.factory() as s:
         outcomes = [e.outcome for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "prediction.sr.read"))]

@@ -94,7 +94,9 @@ def test_sources_must_be_readable(tmp_path: Path) -> None:
     assert exc.value.reason == "pacs.no_sources"
 
 
-def test_seg_of_lesion_mask_is_valid(study_files: list[Path], tmp_path: Path, require_tool: Callable[[str], str]) -> None:
+def test_seg_of_lesion_mask_is_valid(
+    study_files: list[Path], tmp_path: Path, require_tool: Callable[[str], str]
+) -> None:
     import numpy as np
 
     from mmclinic.pacs.seg import build_seg, lesion_mask

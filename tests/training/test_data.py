@@ -18,7 +18,7 @@ def test_patient_split_keeps_patients_together_and_is_stable() -> None:
     assert not {c.patient_id for c in train} & {c.patient_id for c in val}
     assert 0.1 < len(val) / 300 < 0.3
     # A patient's side does not depend on which other cases exist.
-    train2, val2 = patient_split(cases[:150], 0.2, seed=5)
+    _, val2 = patient_split(cases[:150], 0.2, seed=5)
     assert {c.case_id for c in val2} == {c.case_id for c in val if int(c.case_id[1:]) < 150}
     assert patient_split(cases, 0.2, seed=6)[1] != val
 
@@ -35,6 +35,11 @@ def test_lesion_target_ball_at_mapped_voxel() -> None:
 
 
 def test_ground_truth_document_parsing() -> None:
-    gt = {"cases": {"C1": {"lesions": [{"center_mm": [1, 2, 3], "diameter_mm": 8.5, "margin": "smooth"}]}, "C2": {"lesions": []}}}
+    gt = {
+        "cases": {
+            "C1": {"lesions": [{"center_mm": [1, 2, 3], "diameter_mm": 8.5, "margin": "smooth"}]},
+            "C2": {"lesions": []},
+        }
+    }
     les = lesions_from_ground_truth(gt)
     assert les["C1"] == [GtLesion((1.0, 2.0, 3.0), 8.5)] and les["C2"] == []

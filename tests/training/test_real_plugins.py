@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 import pytest
+import torch
+from tests_support import require_real_plugins
 
 from mmclinic.case import IMAGING
 from mmclinic.engine import InferenceEngine
@@ -15,7 +16,6 @@ from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.registry import get_registry
 from mmclinic.training.data import lesion_target, load_cohort
 from mmclinic.training.trainer import TrainConfig, train
-from tests_support import require_real_plugins
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,17 @@ def test_ground_truth_lesions_map_into_the_model_grid(cohort_dir: Path) -> None:
 
     reg = get_registry()
     parts = task_parts(reg, "tumor-risk")
-    engine = InferenceEngine(new_model(parts, d_model=16, n_heads=2, n_layers=1), {}, parts.task, parts.plugins, torch.device("cpu"), "")
+    engine = InferenceEngine(
+        new_model(parts, d_model=16, n_heads=2, n_layers=1), {}, parts.task, parts.plugins, torch.device("cpu"), ""
+    )
     cohort = load_cohort(cohort_dir / "manifest.csv")
     checked = 0
     for case in cohort.cases:
         for les in cohort.lesions.get(case.case_id, []):
             meta = engine.prepare(case).inputs[IMAGING].meta
-            t = lesion_target([les], parts.plugins[IMAGING], meta, parts.spec.imaging.size, parts.spec.imaging.spacing_mm)
+            t = lesion_target(
+                [les], parts.plugins[IMAGING], meta, parts.spec.imaging.size, parts.spec.imaging.spacing_mm
+            )
             assert t.sum() >= 1
             # Soft centre of the target ball, mapped back to patient mm, is the ground-truth centre.
             idx = np.argwhere(t[0].numpy() > 0).mean(axis=0)
@@ -75,9 +79,18 @@ def test_train_evaluate_predict_with_real_plugins(run_dir: Path, cohort_dir: Pat
 
     from mmclinic.training.evaluate import evaluate
 
-    r = evaluate(cohort_dir / "manifest.csv", run_dir, tmp_path / "eval", cache_dir=cohort_dir.parent / "cache",
-                 device="cpu", n_boot=20, progress=False)
+    r = evaluate(
+        cohort_dir / "manifest.csv",
+        run_dir,
+        tmp_path / "eval",
+        cache_dir=cohort_dir.parent / "cache",
+        device="cpu",
+        n_boot=20,
+        progress=False,
+    )
     assert r["n_cases"] == 10
-    assert "bayes_optimal" in r["reference"] and {"oracle_imaging", "oracle_notes", "oracle_tabular"} <= set(r["reference"])
+    assert "bayes_optimal" in r["reference"] and {"oracle_imaging", "oracle_notes", "oracle_tabular"} <= set(
+        r["reference"]
+    )
     assert set(r["ablation"]) == {"without_imaging", "without_notes", "without_tabular"}
     assert "detection" in r

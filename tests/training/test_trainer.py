@@ -13,10 +13,19 @@ from toy_plugins import toy_cohort, toy_registry
 from mmclinic.engine import InferenceEngine
 from mmclinic.engine.checkpoint import read_checkpoint
 from mmclinic.training.evaluate import evaluate
-from mmclinic.training.trainer import Trainer, TrainConfig, train
+from mmclinic.training.trainer import TrainConfig, Trainer, train
 
-SMALL = {"task": "toy-task", "d_model": 16, "n_heads": 2, "n_layers": 1, "batch_size": 8, "device": "cpu",
-         "lr": 3e-3, "patience": 50, "val_fraction": 0.3}
+SMALL = {
+    "task": "toy-task",
+    "d_model": 16,
+    "n_heads": 2,
+    "n_layers": 1,
+    "batch_size": 8,
+    "device": "cpu",
+    "lr": 3e-3,
+    "patience": 50,
+    "val_fraction": 0.3,
+}
 
 
 def _cfg(**kw: Any) -> TrainConfig:
@@ -48,7 +57,9 @@ def test_training_learns_and_writes_a_loadable_calibrated_checkpoint(trained: Pa
     assert engine.weights_sha256 == summary["weights_sha256"]
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption_equals_uninterrupted_run(
+    tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight = tmp_path / "straight"
     train(cohort, straight, _cfg(epochs=3), registry=toy_registry(), progress=False)
 
@@ -75,7 +86,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path: Path, coho
     assert [h["epoch"] for h in res.summary["history"]] == [1, 2, 3]
 
 
-def test_two_phase_training_keeps_frozen_encoder_fixed(tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_phase_training_keeps_frozen_encoder_fixed(
+    tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     captured: dict[str, torch.Tensor] = {}
     real_freeze = Trainer._freeze
 
@@ -98,7 +111,9 @@ def test_evaluate_report_with_ablation_detection_and_comparison(tmp_path: Path, 
     train(cohort, single, _cfg(epochs=3, modalities=("tabular",)), registry=toy_registry(), progress=False)
     test_cohort = toy_cohort(40, seed=9)
     out = tmp_path / "report"
-    r = evaluate(test_cohort, trained, out, compare=[single], device="cpu", n_boot=50, registry=toy_registry(), progress=False)
+    r = evaluate(
+        test_cohort, trained, out, compare=[single], device="cpu", n_boot=50, registry=toy_registry(), progress=False
+    )
     assert {"report.json", "report.md", "roc.png", "reliability.png", "ablation.png"} <= {p.name for p in out.iterdir()}
     assert r["n_cases"] == 40
     f = r["fused"]

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 
 from mmclinic.case import IMAGING, NOTES, TABULAR, Prediction
 from mmclinic.plugin_api import ImagingSpec, TaskPlugin, TaskSpec
-
 from mmclinic_tumor_risk.schema import TABULAR_SCHEMA
 
 Code = tuple[str, str, str]  # (value, scheme designator, meaning)
@@ -77,7 +76,11 @@ class TumorRiskPlugin(TaskPlugin):
                     "center_voxel": list(f.center_voxel) if f.center_voxel is not None else None,
                     "measurements": [
                         {"concept": DIAMETER, "value": round(f.diameter_mm, 1), "unit": MM},
-                        {"concept": PROBABILITY_OF_CANCER, "value": round(f.malignancy_risk, 4), "unit": PROBABILITY_UNIT},
+                        {
+                            "concept": PROBABILITY_OF_CANCER,
+                            "value": round(f.malignancy_risk, 4),
+                            "unit": PROBABILITY_UNIT,
+                        },
                     ],
                     "qualitative": [
                         {"concept": CERTAINTY_OF_FINDING, "value": round(f.confidence, 4), "unit": PROBABILITY_UNIT}
@@ -89,8 +92,16 @@ class TumorRiskPlugin(TaskPlugin):
             "procedure_reported": ("77477000", "SCT", "Computed tomography"),
             "finding_site": (FINDING_SITE, LUNG),
             "case_measurements": [
-                {"concept": PROBABILITY_OF_CANCER, "value": round(prediction.malignancy_risk, 4), "unit": PROBABILITY_UNIT},
-                {"concept": CERTAINTY_OF_FINDING, "value": round(prediction.tumor_probability, 4), "unit": PROBABILITY_UNIT},
+                {
+                    "concept": PROBABILITY_OF_CANCER,
+                    "value": round(prediction.malignancy_risk, 4),
+                    "unit": PROBABILITY_UNIT,
+                },
+                {
+                    "concept": CERTAINTY_OF_FINDING,
+                    "value": round(prediction.tumor_probability, 4),
+                    "unit": PROBABILITY_UNIT,
+                },
             ],
             "findings": groups,
             "algorithm": {
