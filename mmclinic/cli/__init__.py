@@ -21,6 +21,7 @@ app = typer.Typer(
 # command set is explicit; modules import heavy dependencies inside the command bodies).
 _COMMAND_MODULES = [
     "mmclinic.cli.plugins",
+    "mmclinic.cli.demo",
     "mmclinic.cli.inspect",
     "mmclinic.cli.model",
     "mmclinic.cli.synth",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict
@@ -112,10 +113,30 @@ def build_meta(
     return json.loads(json.dumps(meta))  # type: ignore[no-any-return]
 
 
+def state_sha256(state: dict[str, Any]) -> str:
+    """SHA-256 over the weights (sorted keys, dtype, shape, bytes): the checkpoint's own integrity check."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        h.update(k.encode())
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(json.dumps(v, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
-    """Write atomically (temp file + rename) and return the file's SHA-256."""
+    """Write atomically (temp file + rename) and return the file's SHA-256.
+
+    ``meta["weights_sha256"]`` is the hash of the weights themselves (a file cannot contain its own
+    hash); provenance and the model card use the file's SHA-256, which covers weights and metadata.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {"meta": meta, "state_dict": trainable_state_dict(model)}
+    state = trainable_state_dict(model)
+    payload: dict[str, Any] = {"meta": {**meta, "weights_sha256": state_sha256(state)}, "state_dict": state}
     if extra:
         payload.update(extra)
     tmp = path.with_name(path.name + ".tmp")
@@ -136,6 +157,9 @@ def read_checkpoint(path: Path, *, with_extra: bool = False) -> dict[str, Any]:
         raise ModelError("model.corrupt", f"{path.name} is not an mmclinic checkpoint")
     if payload["meta"].get("format") != FORMAT:
         raise ModelError("model.bad_format", f"format {payload['meta'].get('format')!r}, expected {FORMAT!r}")
+    want = payload["meta"].get("weights_sha256")
+    if want is not None and state_sha256(payload["state_dict"]) != want:
+        raise ModelError("model.corrupt", f"{path.name}: weights do not match their recorded SHA-256")
     if not with_extra:
         payload = {"meta": payload["meta"], "state_dict": payload["state_dict"]}
     return payload

@@ -14,7 +14,13 @@ import torch
 
 from mmclinic import __version__
 from mmclinic.case import Case, Finding, Prediction, Provenance, sha256_file
-from mmclinic.engine.checkpoint import CHECKPOINT_NAME, check_compatible, frozen_keys, read_checkpoint
+from mmclinic.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    check_compatible,
+    frozen_keys,
+    preprocessing_hash,
+    read_checkpoint,
+)
 from mmclinic.engine.device import autocast, device_label, resolve_device
 from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import InputError, MmclinicError, ModelError, PluginError
@@ -128,7 +134,10 @@ class InferenceEngine:
         self.detection = DetectionConfig(**meta.get("detection", {}))
         self.task_name = task.name
         self._plugin_versions = {p.name: p.version for p in plugins.values()}
-        self._preprocessing_hash = str(meta.get("preprocessing_hash", ""))
+        # Provenance records the preprocessing actually in force (plugin configs may differ from training).
+        self._preprocessing_hash = preprocessing_hash(self.spec, plugins)
+        if meta.get("preprocessing_hash") and meta["preprocessing_hash"] != self._preprocessing_hash:
+            event(log, "model.preprocessing_differs", level=logging.WARNING, task=task.name)
 
     # -- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -243,7 +252,12 @@ class InferenceEngine:
 
     # -- model ------------------------------------------------------------------------------------
     def run(self, batch: Batch, contributions: bool = True, hide: torch.Tensor | None = None) -> BatchResult:
-        """Model on a precomputed batch: calibrated probabilities, lesion map, leave-one-out contributions."""
+        """Model on a precomputed batch: calibrated probabilities, lesion map, leave-one-out contributions.
+
+        A modality's contribution is the change in calibrated malignancy risk when that modality is
+        removed from the case (same encoder outputs, one extra fusion pass per modality): positive means
+        the modality raised the risk.
+        """
         timings: dict[str, float] = {}
         model = self.model
         with torch.inference_mode(), autocast(self.device):

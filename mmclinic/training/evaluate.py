@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,9 @@ def _findings(
 ) -> list[tuple[tuple[float, float, float], float]]:
     if lesion is None or modality is None or not cached[modality].present:
         return []
-    found = find_lesions(lesion[row], engine.spec.imaging.spacing_mm, engine.detection)
+    # Candidates below the engine's operating cut-off too, so the FROC can be swept on this cohort.
+    cfg = replace(engine.detection, min_confidence=min(0.1, engine.detection.min_confidence), max_findings=16)
+    found = find_lesions(lesion[row], engine.spec.imaging.spacing_mm, cfg)
     meta = cached[modality].meta
     return [(voxel_to_patient(engine.plugins[modality], meta, f.center_voxel), f.confidence) for f in found]
 
@@ -153,7 +155,12 @@ def evaluate(
     }
     if IMAGING in engine.modalities and cohort.lesions:
         gts = [cohort.lesions.get(c, []) for c in main.case_ids]
-        report["detection"] = detection_metrics(main.findings, gts, voxel_mm=min(engine.spec.imaging.spacing_mm))
+        report["detection"] = detection_metrics(
+            main.findings,
+            gts,
+            voxel_mm=min(engine.spec.imaging.spacing_mm),
+            operating_confidence=engine.detection.min_confidence,
+        )
     report["reference"] = _reference_scores(cohort, main.case_ids, y)
     curves: dict[str, Any] = {"fused": roc_points(main.risk, y)}
     report["compare"] = {}

@@ -171,6 +171,7 @@ def detection_metrics(
     fp_per_scan: float = 1.0,
     match_margin_mm: float = 5.0,
     voxel_mm: float = 5.0,
+    operating_confidence: float | None = None,
 ) -> dict[str, Any]:
     """Lesion-level sensitivity at ≤ ``fp_per_scan`` false positives per scan (FROC operating point).
 
@@ -218,7 +219,16 @@ def detection_metrics(
             best_sens, best_thr, errors_at = tp / n_target, cands[i][0], list(errs)
         i = j
     froc = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    at_op: dict[str, float] = {}
+    if operating_confidence is not None:
+        kept = [c for c in cands if c[0] >= operating_confidence]
+        at_op = {
+            "confidence": operating_confidence,
+            "sensitivity": sum(c[2] for c in kept) / n_target if n_target else float("nan"),
+            "fp_per_scan": sum(not c[2] for c in kept) / n_scans,
+        }
     return {
+        "at_operating_point": at_op,
         "n_scans": len(findings),
         "n_lesions": n_target,
         "sensitivity": best_sens if n_target else float("nan"),

@@ -21,16 +21,18 @@ from mmclinic.engine.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_ch
 from mmclinic.engine.device import autocast, resolve_device
 from mmclinic.engine.engine import LESION_KEY, T_MALIGNANT, T_TUMOR, InferenceEngine
 from mmclinic.engine.factory import ModelParts, model_meta, new_model, task_parts
+from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import ConfigError, InputError
 from mmclinic.logs import event
 from mmclinic.model.batching import to_device
 from mmclinic.model.calibration import fit_temperature
+from mmclinic.model.detection import DetectionConfig, find_lesions
 from mmclinic.model.frozen import ReplayEncoder, outputs_as_batch
 from mmclinic.model.fusion import FusionModel
 from mmclinic.registry import Registry, get_registry
 from mmclinic.training.cache import CachedInput, CaseCache, batch_of, safe_get
 from mmclinic.training.data import Cohort, lesion_target, load_cohort, patient_split
-from mmclinic.training.metrics import auroc, ece, youden_threshold
+from mmclinic.training.metrics import GtLesion, auroc, detection_metrics, ece, youden_threshold
 from mmclinic.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class Example:
     y: torch.Tensor  # [len(HEADS)]
     lesion: torch.Tensor | None = None
     replay: dict[str, CachedInput] = field(default_factory=dict)  # stored outputs of frozen encoders
+    gt_lesions: list[GtLesion] | None = None  # None: no ground truth for this case
 
 
 @dataclass
@@ -135,7 +138,8 @@ def build_examples(
                     spec.imaging.size,
                     spec.imaging.spacing_mm,
                 )
-            examples.append(Example(case.case_id, case.patient_id, got, y, target))
+            gts = cohort.lesions.get(case.case_id)
+            examples.append(Example(case.case_id, case.patient_id, got, y, target, gt_lesions=gts))
     event(log, "train.cached", cases=len(examples), rejected=len(rejected), hits=cache.hits, misses=cache.misses)
     return examples, rejected
 
@@ -162,6 +166,7 @@ class Trainer:
         self.modalities = self.model.cfg.modalities
         self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by ReplayEncoder
         self.cache_stats: dict[str, int] = {}
+        self.detection = DetectionConfig()
         # An engine around the untrained model prepares and precomputes inputs exactly as inference will.
         self.prep_engine = InferenceEngine(
             self.model, {}, self.parts.task, self.parts.plugins, self.device, weights_sha256=""
@@ -360,7 +365,11 @@ class Trainer:
             fit = getattr(enc, "fit_normalization", None)
             if callable(fit):
                 # Normalisation statistics come from training cases only (no validation leakage).
-                out[m] = fit(e.inputs[m].batch for e in train if e.inputs[m].present)
+                fitted = fit(e.inputs[m].batch for e in train if e.inputs[m].present)
+                persistent = set(enc.state_dict())
+                # The statistics travel in the state dict; a readable copy goes into the metadata.
+                stats = {k: b.tolist() for k, b in enc.named_buffers() if k in persistent and b.is_floating_point()}
+                out[m] = {"fit": fitted, "buffers": stats}
         return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]
 
     def _epoch(self, train: list[Example], opt: torch.optim.Optimizer, pos_weight: torch.Tensor, epoch: int) -> float:
@@ -388,7 +397,14 @@ class Trainer:
     def _meta(
         self, normalization: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        return model_meta(self.parts, self.model, normalization=normalization, training=training, metrics=metrics)
+        return model_meta(
+            self.parts,
+            self.model,
+            detection=self.detection,
+            normalization=normalization,
+            training=training,
+            metrics=metrics,
+        )
 
     def _save_last(
         self,
@@ -413,6 +429,39 @@ class Trainer:
         event(log, "train.resumed", epoch=state["epoch"], best_epoch=state["best_epoch"])
         return state
 
+    @torch.no_grad()
+    def _tune_detection(self, val: list[Example]) -> dict[str, Any]:
+        """Choose the findings' confidence cut-off on validation: at most 1 false positive per scan."""
+        if IMAGING not in self.modalities:
+            return {}
+        exs = [e for e in val if e.gt_lesions is not None and e.inputs[IMAGING].present]
+        if not exs:
+            return {}
+        candidates = DetectionConfig(threshold=self.detection.threshold, min_confidence=0.1, max_findings=16)
+        spacing = self.parts.spec.imaging.spacing_mm
+        plugin = self.parts.plugins[IMAGING]
+        found: list[list[tuple[tuple[float, float, float], float]]] = []
+        self.model.eval()
+        for i in range(0, len(exs), 16):
+            chunk = exs[i : i + 16]
+            b, _, _ = self.batch(chunk)
+            with autocast(self.device):
+                out = self.model(b)
+            prob = torch.sigmoid(out.extras[IMAGING][LESION_KEY].float())[:, 0].cpu().numpy()
+            for r, e in enumerate(chunk):
+                meta = e.inputs[IMAGING].meta
+                found.append(
+                    [
+                        (voxel_to_patient(plugin, meta, f.center_voxel), f.confidence)
+                        for f in find_lesions(prob[r], spacing, candidates)
+                    ]
+                )
+        res = detection_metrics(found, [e.gt_lesions or [] for e in exs], voxel_mm=min(spacing))
+        thr = res["confidence_threshold"]
+        cut = float(thr) if math.isfinite(thr) else 0.5
+        self.detection = DetectionConfig(self.detection.threshold, max(candidates.min_confidence, cut), 8)
+        return {k: v for k, v in res.items() if k != "froc"} | {"min_confidence": self.detection.min_confidence}
+
     def _finish(
         self,
         val: list[Example],
@@ -434,6 +483,7 @@ class Trainer:
         self.model.temperature.copy_(torch.tensor(temps))  # type: ignore[operator]
         probs = self.model.calibrated_probs(raw).numpy()
         risk, y_m = probs[:, T_MALIGNANT], y_val[:, T_MALIGNANT].numpy()
+        val_detection = self._tune_detection(val)
         metrics = {
             "val_auroc": auroc(risk, y_m),
             "val_ece": ece(risk, y_m),
@@ -443,6 +493,7 @@ class Trainer:
             "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"],
             "stopped": state["stopped"] or "max_epochs",
+            "val_detection": val_detection,
         }
         training = {**training, "history": state["history"]}
         ckpt = self.out / CHECKPOINT_NAME

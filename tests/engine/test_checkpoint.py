@@ -10,7 +10,7 @@ from test_engine import make_checkpoint
 from toy_plugins import changed_schema, toy_registry
 
 from mmclinic.engine import InferenceEngine
-from mmclinic.engine.checkpoint import read_checkpoint
+from mmclinic.engine.checkpoint import read_checkpoint, state_sha256
 from mmclinic.errors import ConfigError, ModelError
 
 
@@ -78,6 +78,7 @@ def test_tampered_state_is_rejected(tmp_path: Path) -> None:
     path = make_checkpoint(tmp_path / "m.pt", toy_registry())
     payload = torch.load(path, weights_only=True)
     del payload["state_dict"]["head.weight"]
+    payload["meta"]["weights_sha256"] = state_sha256(payload["state_dict"])  # consistent, but incomplete
     torch.save(payload, path)
     with pytest.raises(ModelError) as exc:
         InferenceEngine.load(path, registry=toy_registry())
@@ -90,3 +91,14 @@ def test_cuda_without_gpu_is_config_error(tmp_path: Path) -> None:
     path = make_checkpoint(tmp_path / "m.pt", toy_registry())
     with pytest.raises(ConfigError):
         InferenceEngine.load(path, device="cuda", registry=toy_registry())
+
+
+def test_weights_hash_in_metadata_detects_tampering(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "m.pt", toy_registry())
+    payload = torch.load(path, weights_only=True)
+    assert len(payload["meta"]["weights_sha256"]) == 64
+    payload["state_dict"]["head.bias"] += 0.5  # silently changed weights
+    torch.save(payload, path)
+    with pytest.raises(ModelError) as exc:
+        InferenceEngine.load(path, registry=toy_registry())
+    assert exc.value.reason == "model.corrupt"

@@ -53,6 +53,9 @@ def test_training_learns_and_writes_a_loadable_calibrated_checkpoint(trained: Pa
     assert meta["training"]["n_train"] + meta["training"]["n_val"] == 80
     assert all(0.05 <= t <= 20 for t in meta["temperature"]) and meta["temperature"] != [1.0, 1.0]
     assert 0.0 < meta["metrics"]["threshold"] < 1.0
+    # The findings' confidence cut-off was chosen on validation scans with ground-truth lesions.
+    assert meta["metrics"]["val_detection"]["n_scans"] > 0
+    assert meta["detection"]["min_confidence"] == meta["metrics"]["val_detection"]["min_confidence"] >= 0.1
     engine = InferenceEngine.load(trained, device="cpu", registry=toy_registry())
     assert engine.weights_sha256 == summary["weights_sha256"]
 
@@ -120,6 +123,7 @@ def test_evaluate_report_with_ablation_detection_and_comparison(tmp_path: Path, 
     assert f["auroc_ci95"][0] <= f["auroc"] <= f["auroc_ci95"][1]
     assert set(r["ablation"]) == {"without_imaging", "without_tabular"}
     assert r["detection"]["n_lesions"] > 0 and 0.0 <= r["detection"]["sensitivity"] <= 1.0
+    assert set(r["detection"]["at_operating_point"]) == {"confidence", "sensitivity", "fp_per_scan"}
     cmp = r["compare"]["tabular"]
     assert cmp["modalities"] == ["tabular"]
     assert cmp["n"] < 40  # cases without records are nothing to a records-only model

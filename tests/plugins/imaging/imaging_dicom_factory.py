@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from mmclinic.case import StudyRef
-from mmclinic.plugin_api import TaskSpec
 from mmclinic_imaging_dicom.config import CtDicomConfig
 from mmclinic_imaging_dicom.plugin import CtDicomPlugin
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -26,6 +24,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
+
+from mmclinic.case import StudyRef
+from mmclinic.plugin_api import TaskSpec
 
 Vec3 = tuple[float, float, float]
 
@@ -90,7 +91,12 @@ class SeriesGeometry:
         """Textbook DICOM mapping (PS3.3 C.7.6.2.1.1), independent of the plugin's code."""
         r, c = np.asarray(self.row_dir), np.asarray(self.col_dir)
         origin = np.asarray(self.origin)
-        return origin + col * self.pixel_spacing[1] * r + row * self.pixel_spacing[0] * c + k * self.slice_spacing * self.normal()
+        return (
+            origin
+            + col * self.pixel_spacing[1] * r
+            + row * self.pixel_spacing[0] * c
+            + k * self.slice_spacing * self.normal()
+        )
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pydicom
 import pytest
 from imaging_dicom_factory import SPEC, TEST_FILES, make_plugin, require
+
 from mmclinic.case import StudyRef
 from mmclinic.errors import InputError
 
@@ -19,7 +21,9 @@ def _bundled() -> list[Path]:
 def _permissive_for(path: Path) -> dict[str, object]:
     """Rules that let a single non-CT file through, so decoding and geometry are exercised too."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         modality, sop = str(ds.get("Modality", "")), str(ds.get("SOPClassUID", ""))
     except Exception:
         modality, sop = "", ""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from imaging_dicom_factory import SeriesGeometry, folder_ref, hu_volume, make_plugin, write_ct_series
+
 from mmclinic.errors import ConfigError
 from mmclinic.plugin_api import EncoderOutput, ImagingSpec, ModalityInput, TaskSpec
 

@@ -17,12 +17,13 @@ from imaging_dicom_factory import (
     write_ct_series,
     write_enhanced_ct,
 )
-from mmclinic.case import StudyRef
-from mmclinic.plugin_api import ImagingSpec, TaskSpec
-from mmclinic.registry import Registry
 from mmclinic_imaging_dicom import nearest_source_slice, patient_mm_to_voxel, voxel_size_mm, voxel_to_patient_mm
 from mmclinic_imaging_dicom.plugin import CtDicomPlugin
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from mmclinic.case import StudyRef
+from mmclinic.plugin_api import ImagingSpec, TaskSpec
+from mmclinic.registry import Registry
 
 
 def _centroid(image: np.ndarray, threshold: float) -> np.ndarray:
@@ -46,7 +47,7 @@ def test_load_basic_series(tmp_path: Path) -> None:
     mi = make_plugin().load(StudyRef(folder=tmp_path), SPEC)
     image = mi.data["image"]
     assert image.shape == (1, 64, 64, 32) and image.dtype == np.float32
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     # Air (-1000 HU) maps to 0 and soft tissue (40 HU) to (40+1000)/1400 inside the body.
     assert float(image.min()) == 0.0
     assert np.isclose(float(np.median(image[image > 0.5])), 1040 / 1400, atol=0.02)
@@ -76,12 +77,21 @@ GEOMETRIES = {
     "head_first_supine": SeriesGeometry(rows=40, cols=48, n_slices=24, pixel_spacing=(4.0, 3.0), slice_spacing=2.5),
     # Row direction pointing to the patient's right, so the normal points to the feet: MONAI must flip two axes.
     "flipped_feet_first": SeriesGeometry(
-        rows=36, cols=36, n_slices=20, pixel_spacing=(4.5, 4.5), slice_spacing=3.0, row_dir=(-1.0, 0.0, 0.0),
+        rows=36,
+        cols=36,
+        n_slices=20,
+        pixel_spacing=(4.5, 4.5),
+        slice_spacing=3.0,
+        row_dir=(-1.0, 0.0, 0.0),
         origin=(90.0, -60.0, 20.0),
     ),
     # Slightly oblique (5° about the x axis): the affine is not diagonal.
     "oblique": SeriesGeometry(
-        rows=40, cols=40, n_slices=24, pixel_spacing=(4.0, 4.0), slice_spacing=4.0,
+        rows=40,
+        cols=40,
+        n_slices=24,
+        pixel_spacing=(4.0, 4.0),
+        slice_spacing=4.0,
         col_dir=(0.0, float(np.cos(np.radians(5))), float(-np.sin(np.radians(5)))),
     ),
 }
@@ -228,3 +238,25 @@ def test_gantry_tilt_keeps_shear_in_affine(tmp_path: Path) -> None:
     src = np.asarray(mi.meta["source_affine_lps"])
     assert np.allclose(src[:3, 2], [0.0, 0.0, step])
     assert np.allclose(src @ [0, 0, 19, 1], [*positions[19], 1.0])
+
+
+def test_select_series_reads_headers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmclinic_imaging_dicom.pixels as pixels
+
+    write_ct_series(tmp_path, SeriesGeometry(n_slices=8), SeriesOptions(series_number=5))
+    monkeypatch.setattr(pixels, "read_volume", lambda *a, **k: pytest.fail("pixels read during selection"))
+    summary = make_plugin().select_series(folder_ref(tmp_path), SPEC)
+    assert summary["series"][0]["status"] == "chosen"
+    assert summary["chosen_series"] == summary["series"][0]["series_instance_uid"]
+
+
+def test_plugin_geometry_hooks_match_coords(tmp_path: Path) -> None:
+    from mmclinic.engine.geometry import patient_to_voxel, voxel_to_patient
+
+    write_ct_series(tmp_path, GEOMETRIES["flipped_feet_first"])
+    plugin = make_plugin()
+    meta = plugin.load(folder_ref(tmp_path), SPEC).meta
+    ijk = (10.0, 20.5, 3.0)
+    assert plugin.voxel_to_patient(meta, ijk) == voxel_to_patient_mm(meta, ijk)
+    assert voxel_to_patient(plugin, meta, ijk) == pytest.approx(voxel_to_patient_mm(meta, ijk))
+    assert patient_to_voxel(plugin, meta, voxel_to_patient(plugin, meta, ijk)) == pytest.approx(ijk)

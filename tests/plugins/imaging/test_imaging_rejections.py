@@ -16,10 +16,11 @@ from imaging_dicom_factory import (
     make_plugin,
     write_ct_series,
 )
-from mmclinic.case import StudyRef
-from mmclinic.errors import InputError
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML, MRImageStorage, RLELossless
+
+from mmclinic.case import StudyRef
+from mmclinic.errors import InputError
 
 GEOM = SeriesGeometry(n_slices=8)
 
@@ -43,9 +44,12 @@ def test_no_files_at_all(tmp_path: Path) -> None:
 def test_only_non_dicom_files(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("no images here")
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 16)
+    # Starts like a bare dataset (group 0008) so it is force-parsed, then turns into noise.
+    noise = bytes(np.random.default_rng(3).integers(0, 256, 20000, dtype=np.uint8))
+    (tmp_path / "raw.dcm").write_bytes(b"\x08\x00\x16\x00" + noise)
     err = _reject(tmp_path)
     assert err.reason == "dicom.no_image_series"
-    assert "2 not DICOM instances" in err.detail
+    assert "3 not DICOM instances" in err.detail
 
 
 def test_only_non_image_objects(tmp_path: Path) -> None:
@@ -277,3 +281,15 @@ def test_broken_series_falls_back_to_a_good_one(tmp_path: Path) -> None:
     assert by_number[4]["status"] == "chosen"
     assert by_number[3]["status"] == "skipped"
     assert [r["code"] for r in by_number[3]["reasons"]] == ["dicom.no_pixel_data"]
+
+
+def test_error_details_carry_no_file_paths(tmp_path: Path) -> None:
+    from mmclinic_imaging_dicom.reasons import describe
+
+    spool = tmp_path / "DOE^JANE" / "study"  # spool layouts sometimes name folders after the patient
+    assert "DOE" not in describe(EOFError(f"End of file in {spool / 'x.dcm'}"))
+    paths = write_ct_series(spool, GEOM, SeriesOptions(transfer_syntax=RLELossless))
+    paths[3].write_bytes(paths[3].read_bytes()[:-300])
+    for study in (spool, tmp_path / "DOE^JANE"):
+        err = _reject(study)
+        assert "DOE" not in err.detail and str(tmp_path) not in err.detail

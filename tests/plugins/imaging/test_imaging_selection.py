@@ -15,10 +15,11 @@ from imaging_dicom_factory import (
     make_plugin,
     write_ct_series,
 )
-from mmclinic.registry import Registry
 from mmclinic_imaging_dicom.config import CtDicomConfig
 from pydantic import ValidationError
 from pydicom.uid import SecondaryCaptureImageStorage
+
+from mmclinic.registry import Registry
 
 
 def _study(folder: Path) -> None:
@@ -92,7 +93,9 @@ def test_preference_rules(tmp_path: Path, prefer: str, winner: int) -> None:
 def test_rules_are_configurable(tmp_path: Path) -> None:
     _study(tmp_path)
     # Allow thick slabs and prefer the thickest: the 12 mm series becomes eligible and wins.
-    mi = make_plugin(selection={"slice_thickness_mm": (0.5, 15.0), "prefer": "thickest"}).load(folder_ref(tmp_path), SPEC)
+    mi = make_plugin(selection={"slice_thickness_mm": (0.5, 15.0), "prefer": "thickest"}).load(
+        folder_ref(tmp_path), SPEC
+    )
     assert _by_number(mi.summary)[6]["status"] == "chosen"
     # Demand more slices than the axials have: nothing suitable is left.
     from mmclinic.errors import InputError

@@ -25,6 +25,9 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import (
     UID,
     EnhancedCTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -59,8 +62,8 @@ def test_compressed_series_written_by_pydicom(tmp_path: Path, ts: str, encoder: 
     write_ct_series(tmp_path, GEOM, opts, volume=VOLUME)
     volume, summary = make_plugin().load_volume(folder_ref(tmp_path), SPEC)
     assert summary["series"][0]["transfer_syntaxes"] == [ts]
-    # The plugin decodes with pylibjpeg (libjpeg / openjpeg / rle) whatever wrote the file.
-    assert volume.decoders == {ts: "pylibjpeg"}
+    # The plugin's decoder choice, whatever wrote the file: CharLS for JPEG-LS, pylibjpeg for the rest.
+    assert volume.decoders == {ts: "pyjpegls" if "JPEG-LS" in UID(ts).name else "pylibjpeg"}
     error = np.abs(volume.hu() - VOLUME).max()
     if lossless:
         assert error == 0
@@ -144,3 +147,22 @@ def test_bundled_compressed_files_decode_like_pydicom(tmp_path: Path, name: str)
     slope = float(ds.get("RescaleSlope", 1.0))
     intercept = float(ds.get("RescaleIntercept", 0.0))
     assert np.allclose(volume.hu()[0], reference * slope + intercept)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize(("signed", "bits_stored"), [(0, 12), (1, 12), (0, 16), (1, 16)])
+def test_native_fast_path_matches_pydicom(tmp_path: Path, ts: str, signed: int, bits_stored: int) -> None:
+    """The numpy path for uncompressed data masks/sign-extends exactly like pydicom's decoder."""
+    paths = write_ct_series(tmp_path, GEOM, SeriesOptions(transfer_syntax=ts))
+    rng = np.random.default_rng(bits_stored + signed)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, signed
+        raw = rng.integers(0, 1 << 16, (GEOM.rows, GEOM.cols), dtype=np.uint16)  # stray high bits included
+        ds.PixelData = raw.astype(">u2" if ts == ExplicitVRBigEndian else "<u2").tobytes()
+        ds.save_as(path)
+    volume, _ = make_plugin().load_volume(folder_ref(tmp_path), SPEC)
+    assert volume.decoders == {ts: "numpy"}
+    reference = np.stack([pydicom.dcmread(p).pixel_array for p in paths])
+    assert volume.stored.dtype == reference.dtype.newbyteorder("=")
+    assert np.array_equal(volume.stored, reference)

@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0+unknown"
 
-from mmclinic_imaging_dicom.coords import (  # noqa: E402  (needs __version__ defined first for plugin.py)
+from mmclinic_imaging_dicom.coords import (
     nearest_source_slice,
     patient_mm_to_voxel,
     voxel_size_mm,

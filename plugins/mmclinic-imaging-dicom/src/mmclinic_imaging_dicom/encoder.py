@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 import torch
-from mmclinic.plugin_api import EncoderOutput
-from monai.networks.nets import BasicUNet
+from monai.networks.nets.basic_unet import BasicUNet
 from torch import nn
+
+from mmclinic.plugin_api import EncoderOutput
 
 
 class CtEncoder(nn.Module):

@@ -54,7 +54,7 @@ class SeriesGeometry:
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
+    return np.asarray(v / np.linalg.norm(v), dtype=np.float64)
 
 
 def _orientation(info: FrameInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -101,9 +101,7 @@ def build_geometry(
     for _, _, info in frames:
         if info.position is None or info.orientation is None or info.pixel_spacing is None:
             missing = [
-                name
-                for name, v in (("position", info.position), ("orientation", info.orientation))
-                if v is None
+                name for name, v in (("position", info.position), ("orientation", info.orientation)) if v is None
             ] + (["pixel spacing"] if info.pixel_spacing is None else [])
             raise GeometryDefect(R.MISSING_GEOMETRY, f"a frame lacks {', '.join(missing)}")
 

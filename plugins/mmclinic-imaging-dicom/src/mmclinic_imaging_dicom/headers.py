@@ -10,8 +10,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from mmclinic.case import StudyRef
-from mmclinic.errors import InputError
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -24,6 +22,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from mmclinic.case import StudyRef
+from mmclinic.errors import InputError
 from mmclinic_imaging_dicom import reasons as R
 
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
@@ -153,6 +153,15 @@ def _has_dicm_prefix(fh: BinaryIO) -> bool:
     return fh.read(4) == b"DICM"
 
 
+def _plausible_raw_dataset(fh: BinaryIO) -> bool:
+    """Whether a file without the DICM prefix starts like a bare dataset (group 0002 or 0008 first).
+
+    Forced parsing of arbitrary bytes can ask for gigabyte-long values; only plausible files get it.
+    """
+    fh.seek(0)
+    return fh.read(2) in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")  # either byte order
+
+
 def _read_pixel_element(fh: BinaryIO, offset: int, size: int, implicit: bool, little: bool) -> PixelElement | None:
     """Parse the pixel data element header at ``offset`` (where pydicom stopped) without reading its value."""
     if offset >= size:
@@ -160,7 +169,7 @@ def _read_pixel_element(fh: BinaryIO, offset: int, size: int, implicit: bool, li
     fh.seek(offset)
     head = fh.read(12)
     if len(head) < 8:
-        return PixelElement(offset, len(head), 0)
+        return PixelElement(offset, -1, 0)  # the file ends inside the element header
     endian = "<" if little else ">"
     group, elem = struct.unpack(endian + "HH", head[:4])
     if (group << 16 | elem) not in PIXEL_TAGS:
@@ -169,7 +178,7 @@ def _read_pixel_element(fh: BinaryIO, offset: int, size: int, implicit: bool, li
         return PixelElement(offset, 8, struct.unpack(endian + "I", head[4:8])[0])
     if head[4:6] in _LONG_VRS:
         if len(head) < 12:
-            return PixelElement(offset, len(head), 0)
+            return PixelElement(offset, -1, 0)  # the file ends inside the element header
         return PixelElement(offset, 12, struct.unpack(endian + "I", head[8:12])[0])
     return PixelElement(offset, 8, struct.unpack(endian + "H", head[6:8])[0])
 
@@ -218,7 +227,7 @@ def _pixel_defects(inst: InstanceHeader) -> list[tuple[str, str]]:
     pix = inst.pixel
     if pix is None:
         return [(R.NO_PIXEL_DATA, "instance has no PixelData element")] if inst.is_image else []
-    if pix.header_len < 8 or (pix.header_len == 8 and pix.length == 0 and inst.size - pix.offset < 8):
+    if pix.header_len < 0:
         return [(R.TRUNCATED, "file ends inside the pixel data element header")]
     if pix.encapsulated:
         if not is_compressed(inst.transfer_syntax):
@@ -251,6 +260,8 @@ def read_header(path: Path) -> InstanceHeader | None:
     size = path.stat().st_size
     with path.open("rb") as fh:
         is_dicm = _has_dicm_prefix(fh)
+        if not is_dicm and not _plausible_raw_dataset(fh):
+            return None
         fh.seek(0)
         try:
             ds = dcmread(fh, stop_before_pixels=True, force=not is_dicm)
@@ -258,11 +269,11 @@ def read_header(path: Path) -> InstanceHeader | None:
             return None
         except EOFError as exc:
             if is_dicm:
-                raise InputError(R.TRUNCATED, f"header ends early: {exc}") from exc
+                raise InputError(R.TRUNCATED, f"header ends early: {R.describe(exc)}") from exc
             return None
         except Exception as exc:
             if is_dicm:
-                raise InputError(R.UNREADABLE, f"header: {type(exc).__name__}: {exc}") from exc
+                raise InputError(R.UNREADABLE, f"header: {R.describe(exc)}") from exc
             return None
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
             if is_dicm and (_header_truncated(ds) or _meta_truncated(ds, size)):
@@ -276,7 +287,7 @@ def read_header(path: Path) -> InstanceHeader | None:
         except InputError:
             raise
         except Exception as exc:  # a malformed value (bad IS/DS/UI) in an element we need
-            raise InputError(R.UNREADABLE, f"header value: {type(exc).__name__}: {exc}") from exc
+            raise InputError(R.UNREADABLE, f"header value: {R.describe(exc)}") from exc
 
 
 # Tags read from every header. Text VRs (DS, IS, CS, UI, LO) are ASCII, so their raw bytes are parsed
@@ -352,7 +363,7 @@ def _numbers(ds: Dataset, tag: int) -> tuple[float, ...] | None:
     return out
 
 
-def _us(ds: Dataset, tag: int, default: int) -> int:
+def us_value(ds: Dataset, tag: int, default: int) -> int:
     """An unsigned short (US) element, unpacked from its raw bytes in the dataset's byte order."""
     elem = ds.get_item(tag)
     if elem is None:
@@ -397,11 +408,11 @@ def _build_instance(path: Path, size: int, fh: BinaryIO, ds: Dataset, offset: in
         description=str(ds.get("SeriesDescription", "")) if description is not None else "",
         series_number=int(series_number) if series_number is not None else None,
         transfer_syntax=ts,
-        rows=_us(ds, 0x00280010, 0),
-        cols=_us(ds, 0x00280011, 0),
+        rows=us_value(ds, 0x00280010, 0),
+        cols=us_value(ds, 0x00280011, 0),
         frames=max(int(frames) if frames is not None else 1, 1),
-        samples_per_pixel=_us(ds, 0x00280002, 1),
-        bits_allocated=_us(ds, 0x00280100, 16),
+        samples_per_pixel=us_value(ds, 0x00280002, 1),
+        bits_allocated=us_value(ds, 0x00280100, 16),
         pixel=pixel,
     )
     if pixel is None and _header_truncated(ds):
@@ -412,7 +423,7 @@ def _build_instance(path: Path, size: int, fh: BinaryIO, ds: Dataset, offset: in
         try:
             inst.frame_infos = _frame_infos(ds, inst.frames)
         except (ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
-            inst.geometry_error = f"{type(exc).__name__}: {exc}"
+            inst.geometry_error = R.describe(exc)
     return inst
 
 

@@ -12,18 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mmclinic.errors import InputError
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.encaps import parse_fragments
 from pydicom.filereader import read_dataset
-from pydicom.pixels import get_decoder, pixel_array
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import pixel_array
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from mmclinic.errors import InputError
 from mmclinic_imaging_dicom import reasons as R
 from mmclinic_imaging_dicom.geometry import SeriesGeometry
-from mmclinic_imaging_dicom.headers import PIXEL_TAGS, InstanceHeader
+from mmclinic_imaging_dicom.headers import PIXEL_TAGS, InstanceHeader, us_value
 
 
 @dataclass
@@ -40,8 +41,13 @@ class Volume:
     def hu(self) -> np.ndarray:
         """Hounsfield units, float32 [Z, Y, X]."""
         out = self.stored.astype(np.float32)
-        out *= self.slope[:, None, None]
-        out += self.intercept[:, None, None]
+        # The usual case (one rescale for the whole series) is two in-place scalar operations.
+        if np.all(self.slope == self.slope[0]) and np.all(self.intercept == self.intercept[0]):
+            out *= self.slope[0]
+            out += self.intercept[0]
+        else:
+            out *= self.slope[:, None, None]
+            out += self.intercept[:, None, None]
         return out
 
 
@@ -50,8 +56,16 @@ def _read_and_hash(path: Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+# Below this mean file size, reading and hashing take microseconds and handing them to threads only adds
+# scheduling latency (which a busy host turns into milliseconds).
+_THREADED_READ_MIN_BYTES = 256 * 1024
+
+
 def _prefetch(paths: list[Path], threads: int) -> Iterator[tuple[bytes, str]]:
     """Files' bytes and SHA-256 in order, computed a few files ahead on worker threads (bounded memory)."""
+    if threads <= 0:
+        yield from map(_read_and_hash, paths)
+        return
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ct-read") as pool:
         pending: deque[Future[tuple[bytes, str]]] = deque()
         it = iter(paths)
@@ -78,7 +92,7 @@ def _attach_pixels(inst: InstanceHeader, data: bytes) -> None:
         try:
             full = dcmread(io.BytesIO(data))
         except Exception as exc:
-            raise InputError(R.UNREADABLE, f"deflated dataset: {type(exc).__name__}: {exc}") from exc
+            raise InputError(R.UNREADABLE, f"deflated dataset: {R.describe(exc)}") from exc
         for tag in PIXEL_TAGS:
             if tag in full:
                 ds[tag] = full[tag]
@@ -104,9 +118,9 @@ def _attach_pixels(inst: InstanceHeader, data: bytes) -> None:
                 fp, bool(implicit), bool(little), stop_when=lambda tag, vr, length: tag not in PIXEL_TAGS
             )
     except EOFError as exc:
-        raise InputError(R.TRUNCATED, f"pixel data ends early: {exc}") from exc
+        raise InputError(R.TRUNCATED, f"pixel data ends early: {R.describe(exc)}") from exc
     except Exception as exc:
-        raise InputError(R.UNREADABLE, f"pixel data element: {type(exc).__name__}: {exc}") from exc
+        raise InputError(R.UNREADABLE, f"pixel data element: {R.describe(exc)}") from exc
     for tag in PIXEL_TAGS:
         if tag in rest:
             ds[tag] = rest.get_item(tag)
@@ -123,28 +137,67 @@ def _check_fragments(inst: InstanceHeader) -> None:
     try:
         n_fragments, _ = parse_fragments(inst.dataset.PixelData)
     except Exception as exc:  # broken item tags inside the encapsulated value
-        raise InputError(R.UNREADABLE, f"encapsulated pixel data: {type(exc).__name__}: {exc}") from exc
+        raise InputError(R.UNREADABLE, f"encapsulated pixel data: {R.describe(exc)}") from exc
     # Fewer fragments than frames is impossible: every frame needs at least one fragment (PS3.5 A.4).
     if n_fragments < inst.frames:
         raise InputError(R.PIXEL_LENGTH_MISMATCH, f"{n_fragments} fragments for {inst.frames} frames")
 
 
-def _decode(inst: InstanceHeader, plugin: str) -> tuple[np.ndarray, str]:
+_NATIVE = frozenset({str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian), str(ExplicitVRBigEndian)})
+
+
+def _decode_native(inst: InstanceHeader, data: bytes) -> np.ndarray | None:
+    """Uncompressed greyscale frames straight from the file bytes, or ``None`` to let pydicom decode.
+
+    Same result as pydicom's native decoder (values masked to BitsStored, sign-extended when signed);
+    skips its per-call set-up, which costs more than the copy itself for small slices.
+    """
+    pix, ds = inst.pixel, inst.dataset
+    if pix is None or pix.offset < 0 or pix.encapsulated or inst.transfer_syntax not in _NATIVE:
+        return None
+    allocated = inst.bits_allocated
+    stored = us_value(ds, 0x00280101, allocated)
+    signed = us_value(ds, 0x00280103, 0) == 1
+    high_bit = us_value(ds, 0x00280102, stored - 1)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if (
+        inst.samples_per_pixel != 1
+        or allocated not in (8, 16, 32)
+        or not 0 < stored <= allocated
+        or high_bit != stored - 1
+        or photometric not in ("MONOCHROME1", "MONOCHROME2")
+    ):
+        return None
+    count = inst.frames * inst.rows * inst.cols
+    _, little = ds.original_encoding
+    dtype = np.dtype(f"{'<' if little else '>'}{'i' if signed else 'u'}{allocated // 8}")
+    start = pix.offset + pix.header_len
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=start).astype(dtype.newbyteorder("="))
+    if stored < allocated:
+        shift = allocated - stored
+        if signed:
+            arr <<= shift
+            arr >>= shift  # arithmetic shift on a signed dtype sign-extends
+        else:
+            arr &= (1 << stored) - 1
+    return arr.reshape(inst.frames, inst.rows, inst.cols)
+
+
+def _decode(inst: InstanceHeader, plugins: list[str]) -> tuple[np.ndarray, str]:
     """All frames of an instance as [frames, rows, cols] stored values."""
     ts = UID(inst.transfer_syntax)
-    chosen = ""
-    if ts.is_compressed and plugin and plugin in get_decoder(ts).available_plugins:
-        chosen = plugin
+    available = get_decoder(ts).available_plugins if ts.is_compressed else ()
+    chosen = next((p for p in plugins if p in available), "")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = pixel_array(inst.dataset, decoding_plugin=chosen)
     except EOFError as exc:
-        raise InputError(R.TRUNCATED, f"pixel data ends early: {exc}") from exc
+        raise InputError(R.TRUNCATED, f"pixel data ends early: {R.describe(exc)}") from exc
     except InputError:
         raise
     except Exception as exc:  # decoder libraries raise anything (RuntimeError, ValueError, struct.error, ...)
-        raise InputError(R.UNREADABLE, f"pixel decode ({ts.name}): {type(exc).__name__}: {exc}") from exc
+        raise InputError(R.UNREADABLE, f"pixel decode ({ts.name}): {R.describe(exc)}") from exc
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[None]
@@ -155,7 +208,7 @@ def _decode(inst: InstanceHeader, plugin: str) -> tuple[np.ndarray, str]:
     return arr, chosen or "pydicom-default"
 
 
-def read_volume(geometry: SeriesGeometry, decoding_plugin: str, io_threads: int) -> Volume:
+def read_volume(geometry: SeriesGeometry, decoding_plugins: list[str], io_threads: int) -> Volume:
     """Decode the chosen series into one array in slice order; every file read (and hashed) exactly once."""
     instances: list[InstanceHeader] = []
     where: dict[int, list[tuple[int, int]]] = {}  # id(instance) → [(frame, slice k)]
@@ -167,12 +220,18 @@ def read_volume(geometry: SeriesGeometry, decoding_plugin: str, io_threads: int)
     out: np.ndarray | None = None
     hashes: dict[str, str] = {}
     decoders: dict[str, str] = {}
-    for inst, (data, digest) in zip(instances, _prefetch([i.path for i in instances], io_threads), strict=True):
+    mean_size = sum(i.size for i in instances) / max(len(instances), 1)
+    threads = io_threads if mean_size >= _THREADED_READ_MIN_BYTES else 0
+    for inst, (data, digest) in zip(instances, _prefetch([i.path for i in instances], threads), strict=True):
         hashes[inst.sop_instance_uid] = digest
         try:
-            _attach_pixels(inst, data)
-            _check_fragments(inst)
-            arr, used = _decode(inst, decoding_plugin)
+            fast = _decode_native(inst, data)
+            if fast is not None:
+                arr, used = fast, "numpy"
+            else:
+                _attach_pixels(inst, data)
+                _check_fragments(inst)
+                arr, used = _decode(inst, decoding_plugins)
         finally:
             for tag in PIXEL_TAGS:  # do not keep pixel bytes alive in the header dataset
                 if tag in inst.dataset:

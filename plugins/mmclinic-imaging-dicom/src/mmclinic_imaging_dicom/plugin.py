@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel
+
 from mmclinic.case import IMAGING, StudyRef, sha256_bytes, stable_hash
 from mmclinic.errors import ConfigError, InputError
 from mmclinic.logs import event
 from mmclinic.plugin_api import ModalityInput, ModalityPlugin, TaskSpec
-from pydantic import BaseModel
-
 from mmclinic_imaging_dicom import __version__
 from mmclinic_imaging_dicom import reasons as R
 from mmclinic_imaging_dicom.config import CtDicomConfig
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from mmclinic_imaging_dicom.pixels import Volume
+    from mmclinic_imaging_dicom.selection import SeriesDecision
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,8 @@ class CtDicomPlugin(ModalityPlugin):
         assert isinstance(self.config, CtDicomConfig)
         return self.config
 
-    def load_volume(self, ref: Any, spec: TaskSpec) -> tuple[Volume, dict[str, Any]]:
-        """Header scan, selection and pixel decode (no resampling): the volume and the selection summary."""
+    def _select(self, ref: Any, spec: TaskSpec) -> tuple[SeriesDecision, dict[str, Any]]:
         from mmclinic_imaging_dicom.headers import scan_study
-        from mmclinic_imaging_dicom.pixels import read_volume
         from mmclinic_imaging_dicom.selection import choose, evaluate
 
         study = _as_study_ref(ref)
@@ -76,15 +75,39 @@ class CtDicomPlugin(ModalityPlugin):
         except InputError as exc:
             event(log, "imaging.rejected", level=logging.WARNING, reason=exc.reason, series=len(decisions))
             raise
+        summary["chosen_series"] = chosen.series.uid
+        return chosen, summary
+
+    def select_series(self, ref: Any, spec: TaskSpec) -> dict[str, Any]:
+        """Headers only (no pixel is decoded): the selection summary, or ``InputError`` when nothing qualifies."""
+        return self._select(ref, spec)[1]
+
+    def voxel_to_patient(self, meta: dict[str, Any], ijk: Sequence[float]) -> tuple[float, float, float]:
+        """Patient LPS mm of a voxel of the model's input array (see ``coords.voxel_to_patient_mm``)."""
+        from mmclinic_imaging_dicom.coords import voxel_to_patient_mm
+
+        return voxel_to_patient_mm(meta, ijk)
+
+    def patient_to_voxel(self, meta: dict[str, Any], xyz: Sequence[float]) -> tuple[float, float, float]:
+        """Fractional voxel index of a patient LPS mm position (see ``coords.patient_mm_to_voxel``)."""
+        from mmclinic_imaging_dicom.coords import patient_mm_to_voxel
+
+        return patient_mm_to_voxel(meta, xyz)
+
+    def load_volume(self, ref: Any, spec: TaskSpec) -> tuple[Volume, dict[str, Any]]:
+        """Header scan, selection and pixel decode (no resampling): the volume and the selection summary."""
+        from mmclinic_imaging_dicom.pixels import read_volume
+
+        chosen, summary = self._select(ref, spec)
+        decisions = summary["series"]
         assert chosen.geometry is not None
         try:
-            volume = read_volume(chosen.geometry, self.cfg.decoding_plugin, self.cfg.io_threads)
+            volume = read_volume(chosen.geometry, self.cfg.decoding_plugins, self.cfg.io_threads)
         except InputError as exc:
             event(log, "imaging.rejected", level=logging.WARNING, reason=exc.reason, series=len(decisions))
             raise
         except OSError as exc:
             raise InputError(R.UNREADABLE, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
-        summary["chosen_series"] = chosen.series.uid
         return volume, summary
 
     def load(self, ref: Any, spec: TaskSpec) -> ModalityInput:
@@ -94,7 +117,7 @@ class CtDicomPlugin(ModalityPlugin):
         t0 = time.perf_counter()
         volume, summary = self.load_volume(ref, spec)
         t1 = time.perf_counter()
-        image, affine_lps = preprocess(volume, spec.imaging, self.cfg.antialias)
+        image, affine_lps = preprocess(volume, spec.imaging, self.cfg.antialias, self.cfg.preprocess_threads)
         t2 = time.perf_counter()
         geom = volume.geometry
         first = geom.slices[0].instance

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from mmclinic.plugin_api import ImagingSpec
-from monai.data import MetaTensor
-from monai.transforms import Orientation, ResizeWithPadOrCrop, ScaleIntensityRange, Spacing, Zoom
+from monai.data.meta_tensor import MetaTensor
+from monai.transforms.croppad.array import ResizeWithPadOrCrop
+from monai.transforms.intensity.array import ScaleIntensityRange
+from monai.transforms.spatial.array import Orientation, Spacing, Zoom
 
+from mmclinic.plugin_api import ImagingSpec
 from mmclinic_imaging_dicom.coords import LPS_TO_RAS
 from mmclinic_imaging_dicom.pixels import Volume
 
@@ -32,39 +37,78 @@ def preprocessing_params(imaging: ImagingSpec, antialias: bool) -> dict[str, Any
 
 
 def to_metatensor(volume: Volume) -> MetaTensor:
-    """HU volume as a channel-first MetaTensor [1, X, Y, Z] with its RAS affine."""
-    hu = torch.from_numpy(volume.stored).to(torch.float32)
-    slope, intercept = volume.slope, volume.intercept
-    # The usual case (one rescale for the whole series) is two in-place scalar ops.
-    if np.all(slope == slope[0]) and np.all(intercept == intercept[0]):
-        hu.mul_(float(slope[0])).add_(float(intercept[0]))
-    else:
-        hu.mul_(torch.from_numpy(slope)[:, None, None]).add_(torch.from_numpy(intercept)[:, None, None])
-    image = hu.permute(2, 1, 0).unsqueeze(0)  # [Z, Y, X] → [1, X, Y, Z]: i = column, j = row, k = slice
-    affine = torch.as_tensor(LPS_TO_RAS @ volume.geometry.affine_lps, dtype=torch.float64)
-    return MetaTensor(image, affine=affine, meta={"space": "RAS"})
+    """HU volume as a channel-first MetaTensor [1, slice, row, column] with its RAS affine.
+
+    The array keeps the decoded memory layout (slices outermost): the affine's columns are permuted
+    instead of the voxels, and ``Orientation`` reorders axes later, after downsampling made it cheap.
+    """
+    # numpy, single-threaded: on a busy machine torch's thread pool stalls on small element-wise ops.
+    image = torch.from_numpy(volume.hu()).unsqueeze(0)
+    affine = LPS_TO_RAS @ volume.geometry.affine_lps[:, [2, 1, 0, 3]]
+    return MetaTensor(image, affine=torch.as_tensor(affine, dtype=torch.float64), meta={"space": "RAS"})
 
 
-def preprocess(volume: Volume, imaging: ImagingSpec, antialias: bool = True) -> tuple[np.ndarray, np.ndarray]:
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (0: unchanged); safe when several loads overlap."""
+    global _threads_users, _threads_saved
+    if n <= 0:
+        yield
+        return
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(n)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
+
+
+def _block_average(img: MetaTensor, spacing_mm: tuple[float, float, float]) -> MetaTensor:
+    """Area-average axes that will be downsampled by >= 1.5x, so thin noisy slices do not alias."""
+    affine = img.affine.numpy()[:3, :3]
+    current = np.linalg.norm(affine, axis=0)
+    # The target spacing is given in RAS axis order; find the patient axis each array axis runs along.
+    target = np.asarray(spacing_mm, dtype=np.float64)[np.argmax(np.abs(affine), axis=0)]
+    factors = target / current
+    shape = img.shape[1:]
+    # Only axes that keep at least two voxels after averaging (a single slice stays as it is).
+    zoom = [1.0 / f if f >= _ANTIALIAS_FACTOR and n / f >= 2 else 1.0 for f, n in zip(factors, shape, strict=True)]
+    if all(z == 1.0 for z in zoom):
+        return img
+    out = Zoom(zoom=zoom, mode="area", keep_size=False)(img)
+    assert isinstance(out, MetaTensor)
+    return out
+
+
+def preprocess(
+    volume: Volume, imaging: ImagingSpec, antialias: bool = True, threads: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Model input float32 [1, X, Y, Z] in [0, 1] and its voxel → LPS mm affine."""
-    with warnings.catch_warnings():
+    with torch_threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # MONAI deprecation chatter on every call
-        img = Orientation(axcodes="RAS", labels=None)(to_metatensor(volume))
-        assert isinstance(img, MetaTensor)
+        img: torch.Tensor = to_metatensor(volume)
         if antialias:
-            current = np.linalg.norm(img.affine.numpy()[:3, :3], axis=0)
-            factors = np.asarray(imaging.spacing_mm, dtype=np.float64) / current
-            shape = img.shape[1:]
-            # Only axes that keep at least two voxels after averaging (a single slice stays as it is).
-            zoom = [1.0 / f if f >= _ANTIALIAS_FACTOR and n / f >= 2 else 1.0 for f, n in zip(factors, shape, strict=True)]
-            if any(z != 1.0 for z in zoom):
-                img = Zoom(zoom=zoom, mode="area", keep_size=False)(img)
-        img = Spacing(pixdim=imaging.spacing_mm, mode="bilinear", padding_mode="border", dtype=torch.float32)(img)
+            assert isinstance(img, MetaTensor)
+            img = _block_average(img, imaging.spacing_mm)
+        # After the block average, so the axis flips of LPS → RAS move a small array.
+        img = Orientation(axcodes="RAS", labels=None)(img)
+        img = Spacing(pixdim=imaging.spacing_mm, mode="bilinear", padding_mode="border", dtype=np.float32)(img)
         lo, hi = imaging.hu_window
-        img = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img)
+        img = torch.as_tensor(ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)(img))
         # Padding with 0 = the window minimum, i.e. air when the window starts at -1000 HU.
         img = ResizeWithPadOrCrop(spatial_size=imaging.size, mode="constant")(img)
-    assert isinstance(img, MetaTensor)
+    assert isinstance(img, MetaTensor)  # MONAI keeps the affine on the MetaTensor through every step
     affine_lps = LPS_TO_RAS @ img.affine.numpy().astype(np.float64)
     array = np.ascontiguousarray(img.as_tensor().numpy(), dtype=np.float32)
     return array, affine_lps

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Rejections (InputError.reason). Documented in the plugin README; never rename one.
 BAD_REFERENCE = "dicom.bad_reference"
 NOT_FOUND = "dicom.not_found"
@@ -44,3 +46,12 @@ DEFECT_PRIORITY = (
     INCONSISTENT_GEOMETRY,
     NONUNIFORM_SPACING,
 )
+
+
+# Two or more path separators: a file path, which in a PACS spool may contain a patient's name.
+_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s'\"]*[/\\][^\s'\"]*")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as InputError detail text: type and message, file paths removed, length bounded."""
+    return f"{type(exc).__name__}: {_PATH.sub('<path>', str(exc))[:300]}"

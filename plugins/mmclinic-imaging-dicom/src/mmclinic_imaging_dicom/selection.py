@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmclinic.errors import InputError
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 
+from mmclinic.errors import InputError
 from mmclinic_imaging_dicom import reasons as R
 from mmclinic_imaging_dicom.config import CtDicomConfig
 from mmclinic_imaging_dicom.geometry import GeometryDefect, SeriesGeometry, axial_tilt_deg, build_geometry, first_normal
@@ -159,7 +159,9 @@ def evaluate(scan: StudyScan, cfg: CtDicomConfig, target_z: float) -> list[Serie
     for i, decision in enumerate(eligible):
         decision.status = "chosen" if i == 0 else "not_preferred"
         if i > 0:
-            decision.rule_failures.append((R.RANK_NOT_PREFERRED, f"another series ranks first by {cfg.selection.prefer}"))
+            decision.rule_failures.append(
+                (R.RANK_NOT_PREFERRED, f"another series ranks first by {cfg.selection.prefer}")
+            )
     return decisions
 
 
@@ -171,13 +173,18 @@ def choose(scan: StudyScan, decisions: list[SeriesDecision], cfg: CtDicomConfig,
     for decision in decisions:
         if decision.status == "chosen":
             return decision
-    codes = lambda d: {c for c, _ in d.rule_failures}  # noqa: E731
+
+    def codes(d: SeriesDecision) -> set[str]:
+        return {c for c, _ in d.rule_failures}
+
     images = [d for d in decisions if R.RULE_NOT_IMAGE not in codes(d)]
     if not images:
         if scan.unreadable:
             reason, detail = scan.unreadable[0]
             raise InputError(reason, f"{len(scan.unreadable)} DICOM file(s) could not be read; first: {detail}")
-        what = f"{scan.files_found} file(s), {scan.skipped_files} not DICOM instances, {len(decisions)} non-image series"
+        what = (
+            f"{scan.files_found} file(s), {scan.skipped_files} not DICOM instances, {len(decisions)} non-image series"
+        )
         raise InputError(R.NO_IMAGE_SERIES, f"no DICOM image series in the study ({what})")
     if all(R.RULE_MODALITY in codes(d) for d in images):
         found = sorted({d.series.first.modality or "(none)" for d in images})

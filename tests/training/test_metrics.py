@@ -1,0 +1,105 @@
+"""Metric functions against brute-force definitions and hand-worked examples."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmclinic.case import Finding, Prediction, Provenance
+from mmclinic.training.metrics import (
+    GtLesion,
+    auprc,
+    auroc,
+    bootstrap_ci,
+    brier,
+    detection_metrics,
+    ece,
+    evaluate_predictions,
+    paired_bootstrap_delta,
+    sens_spec,
+    youden_threshold,
+)
+
+
+def _pairwise_auroc(s: np.ndarray, y: np.ndarray) -> float:
+    pos, neg = s[y == 1], s[y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=2, max_size=30))
+def test_auroc_equals_pairwise_definition_with_ties(data: list[tuple[int, bool]]) -> None:
+    s = np.array([d[0] for d in data], dtype=float)
+    y = np.array([d[1] for d in data], dtype=float)
+    if y.min() == y.max():
+        assert np.isnan(auroc(s, y))
+    else:
+        assert auroc(s, y) == pytest.approx(_pairwise_auroc(s, y))
+
+
+def test_auprc_hand_example() -> None:
+    # ranks: + (P=1,R=.5), - , + (P=2/3, R=1)  → AP = .5*1 + .5*2/3
+    assert auprc([0.9, 0.8, 0.7], [1, 0, 1]) == pytest.approx(0.5 + 1 / 3)
+    assert auprc([0.5, 0.5], [1, 0]) == pytest.approx(0.5)  # a tie is one threshold
+
+
+def test_brier_ece_and_calibration() -> None:
+    assert brier([1.0, 0.0, 0.5], [1, 0, 1]) == pytest.approx(0.25 / 3)
+    rng = np.random.default_rng(0)
+    p = rng.random(40000)
+    y = (rng.random(40000) < p).astype(float)
+    assert ece(p, y) < 0.015  # calibrated by construction
+    assert ece(np.clip(p + 0.2, 0, 1), y) > 0.1  # shifted: clearly miscalibrated
+
+
+def test_operating_point_and_bootstrap() -> None:
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    y = np.array([0, 0, 1, 0, 1, 1])
+    t = youden_threshold(s, y)
+    assert t == pytest.approx(0.3)
+    assert sens_spec(s, y, t) == (1.0, pytest.approx(2 / 3))
+    lo, hi = bootstrap_ci(auroc, s, y, n_boot=200, seed=1)
+    assert lo <= auroc(s, y) <= hi
+    d = paired_bootstrap_delta(auroc, s, 1 - s, y, n_boot=200)
+    assert d["delta"] > 0 and d["ci95"][0] <= d["delta"] <= d["ci95"][1]
+
+
+def test_detection_sensitivity_at_fp_rate() -> None:
+    gts = [[GtLesion((0.0, 0.0, 0.0), 10.0), GtLesion((50.0, 0.0, 0.0), 4.0)], [GtLesion((0.0, 0.0, 0.0), 20.0)], []]
+    findings = [
+        [((1.0, 0.0, 0.0), 0.9), ((50.0, 0.0, 0.0), 0.8), ((0.0, 80.0, 0.0), 0.7)],  # TP, ignored (<6 mm), FP
+        [((30.0, 0.0, 0.0), 0.95)],  # too far: FP with the highest confidence
+        [((5.0, 5.0, 5.0), 0.6), ((9.0, 9.0, 9.0), 0.5)],  # FP, FP
+    ]
+    r = detection_metrics(findings, gts, fp_per_scan=1.0)
+    assert r["n_lesions"] == 2
+    # Sweep: .95 FP(1) .9 TP .7 FP(2) .6 FP(3) .5 FP(4): 1 FP/scan over 3 scans = 3 FPs allowed.
+    assert r["sensitivity"] == pytest.approx(0.5)
+    assert r["median_center_error_mm"] == pytest.approx(1.0)
+    assert r["froc"]["0.25"] == 0.0  # 0.75 FP allowed: the first candidate is already an FP
+
+
+def test_evaluate_predictions_accepts_predictions_and_dicts() -> None:
+    prov = Provenance("0" * 64, "t", "1", {}, "1", "", {}, "cpu", {}, ())
+    preds = [
+        Prediction(f"c{i}", "t", 0.5, r, (Finding((0, 0, 0), 5, 0.5, r),), {}, prov)
+        for i, r in enumerate([0.1, 0.4, 0.35, 0.8])
+    ]
+    labels = {"c0": 0, "c1": 0, "c2": 1, "c3": 1}
+    a = evaluate_predictions(preds, labels, n_boot=50)
+    b = evaluate_predictions([p.to_dict() for p in preds], [0, 0, 1, 1], n_boot=50)
+    assert a["auroc"] == b["auroc"] == pytest.approx(0.75)
+    assert a["n"] == 4 and a["n_positive"] == 2 and "ece" in a and "auprc_ci95" in a
+
+
+def test_metrics_module_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, mmclinic.training.metrics; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
