@@ -97,9 +97,9 @@ def select_series(paths: list[Path], model: str) -> dict[str, Any]:
     except MmclinicError:  # a run folder or third-party model: the default geometry is good enough to select
         spec = TaskSpec(name=model, required_modalities=(), optional_modalities=(IMAGING,), labels=())
     ref = StudyRef(files=tuple(paths))
-    if hasattr(plugin, "load_volume"):
-        _, summary = plugin.load_volume(ref, spec)
-        return dict(summary)
+    # Headers only when the plugin offers it: the worker decodes the pixels once, later.
+    if hasattr(plugin, "select_series"):
+        return dict(plugin.select_series(ref, spec))
     return dict(plugin.load(ref, spec).summary)
 
 
