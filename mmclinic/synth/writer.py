@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmclinic import __version__
+from mmclinic.cohort import MANIFEST_COLUMNS  # the one manifest format, written here, read there
 from mmclinic.errors import InputError
 from mmclinic.logs import event
 from mmclinic.synth import model as M
@@ -32,18 +33,6 @@ from mmclinic.synth.plan import (
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = (
-    "case_id",
-    "patient_id",
-    "site",
-    "study_date",
-    "dicom_dir",
-    "note_paths",
-    "note_dates",
-    "note_types",
-    "tumor_present",
-    "malignant",
-)
 RECORD_COLUMNS = (
     "case_id",
     "age",
