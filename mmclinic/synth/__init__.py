@@ -1,7 +1,8 @@
 """Synthetic multimodal cohort generator: CT DICOM + clinical notes + tabular records + ground truth."""
 
 from mmclinic.synth.plan import CasePlan, CohortPlan, SynthSettings, sample_cohort
-from mmclinic.synth.writer import MANIFEST_COLUMNS, RECORD_COLUMNS, SynthResult, generate_cohort
+from mmclinic.cohort import MANIFEST_COLUMNS
+from mmclinic.synth.writer import RECORD_COLUMNS, SynthResult, generate_cohort
 
 __all__ = [
     "MANIFEST_COLUMNS",
