@@ -1,7 +1,7 @@
 """Synthetic multimodal cohort generator: CT DICOM + clinical notes + tabular records + ground truth."""
 
-from mmclinic.synth.plan import CasePlan, CohortPlan, SynthSettings, sample_cohort
 from mmclinic.cohort import MANIFEST_COLUMNS
+from mmclinic.synth.plan import CasePlan, CohortPlan, SynthSettings, sample_cohort
 from mmclinic.synth.writer import RECORD_COLUMNS, SynthResult, generate_cohort
 
 __all__ = [
