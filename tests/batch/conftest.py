@@ -14,8 +14,6 @@ from mmclinic.batch import ScoreOptions, ScoreSummary, score_cohort
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Result columns that must agree exactly between runs (timings and device labels may differ).
-COMPARE = ["case_id", "malignancy_risk", "tumor_probability", "findings", "modality_contributions", "input_fingerprint"]
 N_REAL = 6  # real cases: enough for three batches of two, small enough for 2 shared CPUs
 
 

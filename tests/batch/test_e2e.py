@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import COMPARE
+from batch_compare import COMPARE
 
 from mmclinic.batch import ScoreOptions, ScoreSummary, score_cohort
 from mmclinic.batch.journal import Journal, journal_path

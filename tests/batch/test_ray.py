@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import COMPARE, require
+from _support import require
+from batch_compare import COMPARE
 
 from mmclinic.batch import ScoreOptions, ScoreSummary, score_cohort
 from mmclinic.batch.journal import Journal, journal_path
