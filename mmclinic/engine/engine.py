@@ -27,13 +27,12 @@ from mmclinic.errors import InputError, MmclinicError, ModelError, PluginError
 from mmclinic.logs import event
 from mmclinic.model.batching import concat_batches, detach_cpu, to_device
 from mmclinic.model.detection import DetectionConfig, find_lesions, finding_risks
-from mmclinic.model.fusion import HEADS, Batch, FusionConfig, FusionModel
+from mmclinic.model.fusion import HEADS, LESION_KEY, Batch, FusionConfig, FusionModel
 from mmclinic.plugin_api import ModalityInput, ModalityPlugin, TaskPlugin, TaskSpec
 from mmclinic.registry import Registry, get_registry
 
 log = logging.getLogger(__name__)
 
-LESION_KEY = "lesion_logits"  # encoder extra: [B, 1, X, Y, Z] logits on the task's imaging grid
 T_TUMOR, T_MALIGNANT = HEADS.index("tumor_present"), HEADS.index("malignant")
 
 
@@ -174,7 +173,13 @@ class InferenceEngine:
         plugins = resolve_plugins(registry, list(meta["plugins"]))
         check_compatible(meta, spec, plugins, task.version)
         model = build_model(meta["fusion"], spec, plugins)
-        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+        except RuntimeError as exc:  # tensor shapes changed since training (e.g. a plugin's encoder)
+            first = str(exc).splitlines()[1:2] or [str(exc)]
+            raise ModelError(
+                "model.state_mismatch", f"weights do not fit the installed plugins: {first[0].strip()}"
+            ) from exc
         if unexpected:
             raise ModelError("model.state_mismatch", f"unexpected weights: {', '.join(sorted(unexpected)[:5])}")
         not_frozen = sorted(set(missing) - frozen_keys(model))

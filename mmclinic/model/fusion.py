@@ -13,6 +13,10 @@ from mmclinic.plugin_api import EncoderOutput
 
 # Order of the case-level heads in ``ModelOutput.logits``.
 HEADS: tuple[str, ...] = ("tumor_present", "malignant")
+LESION_KEY = "lesion_logits"  # encoder extra: [B, 1, X, Y, Z] logits on the task's imaging grid
+# Lesion voxels are ~1e-4 of a scan: starting the map at this logit (a rare-class prior, as in
+# RetinaNet) saves the hundreds of optimiser steps it otherwise takes just to learn "mostly empty".
+LESION_PRIOR_LOGIT = -6.0
 
 Batch = dict[str, dict[str, torch.Tensor]]  # modality -> that plugin's collated (and precomputed) batch
 
@@ -93,6 +97,7 @@ class FusionModel(nn.Module):
         # Logit adjustment undoing class re-weighting: training with positive weight w shifts the
         # optimal logit by +log(w), which temperature scaling alone (no bias) cannot remove.
         self.register_buffer("logit_offset", torch.zeros(len(HEADS)))
+        self.lesion_bias = nn.Parameter(torch.tensor(LESION_PRIOR_LOGIT))
 
     # -- stages -------------------------------------------------------------------------------------
     def precompute(self, batch: Batch) -> Batch:
@@ -112,7 +117,10 @@ class FusionModel(nn.Module):
             eo = self.encoders[m](batch[m])
             present = batch[m]["present"].to(eo.pad_mask.device).bool()
             pad = eo.pad_mask.bool() | ~present[:, None]
-            encoded[m] = EncoderOutput(eo.tokens, pad, eo.extras)
+            extras = dict(eo.extras)
+            if LESION_KEY in extras:
+                extras[LESION_KEY] = extras[LESION_KEY] + self.lesion_bias.to(extras[LESION_KEY].dtype)
+            encoded[m] = EncoderOutput(eo.tokens, pad, extras)
         return encoded
 
     def fuse(self, encoded: Mapping[str, EncoderOutput], hide: torch.Tensor | None = None) -> torch.Tensor:

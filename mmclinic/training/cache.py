@@ -167,18 +167,24 @@ def safe_get(cache: CaseCache, case: Case) -> dict[str, CachedInput] | MmclinicE
         return exc
 
 
-def warm_cache(manifest: Path, cache_dir: Path, task: str = "tumor-risk", progress: bool = True) -> dict[str, int]:
-    """Fill the cache for every case of a manifest (all of the task's modalities); returns counts."""
+def warm_cache(
+    manifest: Path | Any,
+    cache_dir: Path,
+    task: str = "tumor-risk",
+    progress: bool = True,
+    registry: Any = None,
+) -> dict[str, int]:
+    """Fill the cache for every case of a manifest or Cohort (all of the task's modalities); returns counts."""
     from mmclinic.engine.device import resolve_device
     from mmclinic.engine.factory import new_model, task_parts
     from mmclinic.registry import get_registry
     from mmclinic.training.data import load_cohort
     from mmclinic.training.progress import progress_bar
 
-    parts = task_parts(get_registry(), task)
+    parts = task_parts(registry or get_registry(), task)
     engine = InferenceEngine(new_model(parts), {}, parts.task, parts.plugins, resolve_device("cpu"), "")
     cache = CaseCache(cache_dir, engine)
-    cohort = load_cohort(manifest)
+    cohort = load_cohort(manifest) if isinstance(manifest, Path) else manifest
     bad = 0
     with progress_bar("caching inputs", len(cohort.cases), enabled=progress) as advance:
         for case in cohort.cases:

@@ -19,8 +19,8 @@ from torch import nn
 from mmclinic.case import IMAGING, Case
 from mmclinic.engine.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from mmclinic.engine.device import autocast, resolve_device
-from mmclinic.engine.engine import LESION_KEY, T_MALIGNANT, T_TUMOR, InferenceEngine
-from mmclinic.engine.factory import ModelParts, model_meta, new_model, task_parts
+from mmclinic.engine.engine import T_MALIGNANT, T_TUMOR, InferenceEngine
+from mmclinic.engine.factory import model_meta, new_model, task_parts
 from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import ConfigError, InputError
 from mmclinic.logs import event
@@ -28,11 +28,12 @@ from mmclinic.model.batching import to_device
 from mmclinic.model.calibration import fit_temperature
 from mmclinic.model.detection import DetectionConfig, find_lesions
 from mmclinic.model.frozen import ReplayEncoder, outputs_as_batch
-from mmclinic.model.fusion import FusionModel
+from mmclinic.model.fusion import LESION_KEY, FusionModel
 from mmclinic.registry import Registry, get_registry
-from mmclinic.training.cache import CachedInput, CaseCache, batch_of, safe_get
-from mmclinic.training.data import Cohort, lesion_target, load_cohort, patient_split
-from mmclinic.training.metrics import GtLesion, auroc, detection_metrics, ece, youden_threshold
+from mmclinic.training.cache import CachedInput, CaseCache, batch_of
+from mmclinic.training.data import Cohort, load_cohort, patient_split
+from mmclinic.training.examples import Example, build_examples
+from mmclinic.training.metrics import auroc, detection_metrics, ece, youden_threshold
 from mmclinic.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -80,68 +81,12 @@ class TrainConfig:
 
 
 @dataclass
-class Example:
-    """One training case: cached inputs, labels, lesion target (imaging cases with ground truth)."""
-
-    case_id: str
-    patient_id: str
-    inputs: dict[str, CachedInput]
-    y: torch.Tensor  # [len(HEADS)]
-    lesion: torch.Tensor | None = None
-    replay: dict[str, CachedInput] = field(default_factory=dict)  # stored outputs of frozen encoders
-    gt_lesions: list[GtLesion] | None = None  # None: no ground truth for this case
-
-
-@dataclass
 class TrainResult:
     """Where the run wrote its outputs and how it went."""
 
     out: Path
     checkpoint: Path
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _labels(case: Case) -> torch.Tensor | None:
-    try:
-        malignant = float(case.labels["malignant"])
-        tumor = float(case.labels.get("tumor_present", malignant))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return torch.tensor([tumor, malignant], dtype=torch.float32)
-
-
-def build_examples(
-    cohort: Cohort, cache: CaseCache, parts: ModelParts, progress: bool = True
-) -> tuple[list[Example], dict[str, str]]:
-    """Cache every case (the expensive part, once per cohort) and attach labels + lesion targets."""
-    examples: list[Example] = []
-    rejected = dict(cohort.rejected)
-    spec = parts.spec
-    with progress_bar("caching inputs", len(cohort.cases), enabled=progress) as advance:
-        for case in cohort.cases:
-            advance()
-            y = _labels(case)
-            if y is None:
-                rejected[case.case_id] = "labels.missing"
-                continue
-            got = safe_get(cache, case)
-            if not isinstance(got, dict):
-                rejected[case.case_id] = got.reason
-                continue
-            target = None
-            img = got.get(IMAGING)
-            if img is not None and img.present and case.case_id in cohort.lesions:
-                target = lesion_target(
-                    cohort.lesions[case.case_id],
-                    parts.plugins[IMAGING],
-                    img.meta,
-                    spec.imaging.size,
-                    spec.imaging.spacing_mm,
-                )
-            gts = cohort.lesions.get(case.case_id)
-            examples.append(Example(case.case_id, case.patient_id, got, y, target, gt_lesions=gts))
-    event(log, "train.cached", cases=len(examples), rejected=len(rejected), hits=cache.hits, misses=cache.misses)
-    return examples, rejected
 
 
 class Trainer:

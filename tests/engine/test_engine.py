@@ -26,6 +26,7 @@ def make_checkpoint(path: Path, reg: Registry, lesion_head: bool = False, modali
         with torch.no_grad():  # lesion logit = 10 * (intensity - 0.5): a bright blob is a lesion
             enc.lesion.weight.fill_(10.0)  # type: ignore[union-attr, operator]
             enc.lesion.bias.fill_(-5.0)  # type: ignore[union-attr, operator]
+            model.lesion_bias.fill_(0.0)  # no rare-lesion prior: the head above is already set
     model.temperature.fill_(1.5)  # type: ignore[operator]
     save_checkpoint(path, model, model_meta(parts, model, training={"note": "random init"}))
     return path

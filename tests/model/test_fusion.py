@@ -80,3 +80,12 @@ def test_concat_cases_zero_pads_variable_length() -> None:
     assert out["s"].shape == (2, 5, 2) and out["v"].shape == (2, 5)
     assert out["s"][0, 3:].abs().sum() == 0 and not out["v"][0, 3:].any()
     assert out["present"].tolist() == [True, False]
+
+
+def test_lesion_map_starts_at_rare_class_prior() -> None:
+    model = _model().eval()
+    with torch.no_grad():
+        out = model(_batch(2, [True, True], [True, True]))
+    lesion = torch.sigmoid(out.extras["imaging"]["lesion_logits"])
+    # Whatever the plugin's head initialisation, an untrained map is "almost surely empty".
+    assert float(lesion.mean()) < 0.01

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from toy_plugins import AFFINE, GRID, SPACING, ToyImaging
@@ -43,3 +45,15 @@ def test_ground_truth_document_parsing() -> None:
     }
     les = lesions_from_ground_truth(gt)
     assert les["C1"] == [GtLesion((1.0, 2.0, 3.0), 8.5)] and les["C2"] == []
+
+
+def test_warm_cache_then_every_input_is_a_hit(tmp_path: Path) -> None:
+    from toy_plugins import toy_cohort, toy_registry
+
+    from mmclinic.training.cache import warm_cache
+
+    cohort = toy_cohort(6, seed=2)
+    first = warm_cache(cohort, tmp_path, task="toy-task", progress=False, registry=toy_registry())
+    assert first == {"cases": 6, "rejected": 0, "hits": 0, "misses": 12}
+    again = warm_cache(cohort, tmp_path, task="toy-task", progress=False, registry=toy_registry())
+    assert again["hits"] == 12 and again["misses"] == 0

@@ -134,3 +134,23 @@ def test_evaluate_report_with_ablation_detection_and_comparison(tmp_path: Path, 
     assert "ece" in r["goals"] and "fused_vs_best_single" in r["goals"]
     assert "AUROC" in (out / "report.md").read_text()
     json.loads((out / "report.json").read_text())
+
+
+def test_bundle_writes_weights_card_and_goals(tmp_path: Path, trained: Path) -> None:
+    from mmclinic.case import sha256_file
+    from mmclinic.training.model_card import bundle, record_goals
+
+    report_dir = tmp_path / "report"
+    evaluate(
+        toy_cohort(30, seed=4), trained, report_dir, device="cpu", n_boot=20, registry=toy_registry(), progress=False
+    )
+    data = tmp_path / "plugin_data"
+    res = bundle(trained, report_dir / "report.json", data, {"commands": ["mmclinic synth --cases 30 --seed 4"]})
+    assert res["sha256"] == sha256_file(data / "model.pt") == sha256_file(trained / "model.pt")
+    card = (data / "MODEL_CARD.md").read_text()
+    assert res["sha256"] in card and "Not for clinical decisions" in card and "--seed 4" in card
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"rows": {"x": {"name": "x"}}}))
+    record_goals(results, json.loads((report_dir / "report.json").read_text()), res["sha256"])
+    doc = json.loads(results.read_text())
+    assert doc["rows"] == {"x": {"name": "x"}} and doc["tumor_risk_goals"]["weights_sha256"] == res["sha256"]
