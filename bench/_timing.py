@@ -1,10 +1,13 @@
-"""Timing helper shared by the benchmarks: the median wall time of repeated calls."""
+"""Helpers shared by the benchmarks: median wall time of repeated calls, result rows, scratch space."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -19,3 +22,26 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def ratio_row(name: str, candidate: float, baseline: float, target: float, notes: str) -> dict[str, Any]:
+    """One benchmark row; ratio = baseline / candidate (a throughput ratio, higher is better)."""
+    return {
+        "name": name,
+        "candidate_s": candidate,
+        "baseline_s": baseline,
+        "ratio": baseline / candidate,
+        "target": target,
+        "higher_is_better": True,
+        "notes": notes,
+    }
+
+
+def scratch_dir() -> Path:
+    """tmpfs when there is one: a shared disk's latency swings would swamp both timings."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    scratch = Path(__file__).resolve().parent / "_work"  # git-ignored
+    scratch.mkdir(exist_ok=True)
+    return scratch

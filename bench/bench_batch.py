@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench._timing import median_seconds
+from bench._timing import median_seconds, ratio_row
 from mmclinic.batch import ScoreOptions, score_cohort
 from mmclinic.batch.items import read_items
 from mmclinic.batch.runner import load_engine
@@ -24,18 +24,6 @@ from mmclinic.batch.runner import load_engine
 N = int(os.environ.get("MMCLINIC_BENCH_BATCH_CASES", "8"))
 REPEATS = int(os.environ.get("MMCLINIC_BENCH_REPEATS", "3"))
 BATCH, WORKERS = 4, 2
-
-
-def _row(name: str, candidate: float, baseline: float, target: float, notes: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "candidate_s": candidate,
-        "baseline_s": baseline,
-        "ratio": baseline / candidate,
-        "target": target,
-        "higher_is_better": True,
-        "notes": notes,
-    }
 
 
 def _model(work: Path) -> str:
@@ -114,7 +102,7 @@ def bench() -> list[dict[str, Any]]:
         t_predict = median_seconds(predict_alone, REPEATS)
         slowest, which = max((t_prepare, "prepare"), (t_predict, "predict"))
         rows.append(
-            _row(
+            ratio_row(
                 "batch.pipeline_vs_slowest_stage",
                 pipeline,
                 slowest,
@@ -127,7 +115,7 @@ def bench() -> list[dict[str, Any]]:
         # 2. Scaling: 4N cases should take at most 4.4x the time of N (ratio = 4 * t_N / t_4N >= 4 / 4.4).
         t_large = median_seconds(_runner(large, work, lambda: engine), max(1, REPEATS - 1), warmup=0)
         rows.append(
-            _row(
+            ratio_row(
                 "batch.scaling_4n_vs_n",
                 t_large,
                 4 * pipeline,
@@ -151,7 +139,7 @@ def bench() -> list[dict[str, Any]]:
             t_ray = median_seconds(_runner(large, work, factory, "ray"), reps, warmup=0)
             t_local = median_seconds(_runner(large, work, factory), reps, warmup=0)
             rows.append(
-                _row(
+                ratio_row(
                     "batch.ray_vs_local",
                     t_ray,
                     t_local,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import tempfile
@@ -12,19 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from bench._timing import median_seconds
+from bench._timing import median_seconds, scratch_dir
 
 SEED = 7
-
-
-def _scratch_dir() -> Path:
-    """tmpfs when there is one: a shared disk's latency swings would swamp both timings."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    scratch = Path(__file__).resolve().parent / "_work"  # git-ignored
-    scratch.mkdir(exist_ok=True)
-    return scratch
 
 
 def _write_series(folder: Path, size: int, slices: int, spacing: float, ts: str = "") -> list[Path]:
@@ -106,7 +95,7 @@ def bench() -> list[dict[str, Any]]:
 
     spec = TaskSpec("bench", ("imaging",), (), ("x",))
     plugin = CtDicomPlugin(CtDicomConfig())
-    work = Path(tempfile.mkdtemp(prefix="mmclinic-bench-imaging-", dir=_scratch_dir()))
+    work = Path(tempfile.mkdtemp(prefix="mmclinic-bench-imaging-", dir=scratch_dir()))
     rows: list[dict[str, Any]] = []
     try:
         for label, size, slices, spacing, rounds in (

@@ -13,7 +13,7 @@ from mmclinic_clinical_notes.encoder import NotesEncoder
 from mmclinic_clinical_notes.plugin import ClinicalNotesPlugin
 from torch.nn.functional import cosine_similarity
 
-from bench._timing import median_seconds
+from bench._timing import median_seconds, ratio_row
 from mmclinic.case import NoteRef
 from mmclinic.plugin_api import TaskSpec
 
@@ -40,18 +40,6 @@ def _cases() -> list[list[NoteRef]]:
             ]
         )
     return cases
-
-
-def _row(name: str, candidate: float, baseline: float, target: float, notes: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "candidate_s": candidate,
-        "baseline_s": baseline,
-        "ratio": baseline / candidate,
-        "target": target,
-        "higher_is_better": True,
-        "notes": notes,
-    }
 
 
 def bench() -> list[dict[str, Any]]:
@@ -97,14 +85,14 @@ def bench() -> list[dict[str, Any]]:
     tok_cos = float(cosine_similarity(fp32.tokens[valid_tok], int8.tokens[valid_tok], dim=-1).mean())
     shape = f"8 cases, {n_windows} windows of <=256 tokens, {n_tokens} tokens, {torch.get_num_threads()} threads"
     return [
-        _row(
+        ratio_row(
             "notes_encode_vs_raw_automodel",
             t_fp32,
             t_raw,
             0.9,
             f"{shape}; candidate = NotesEncoder forward (precompute + pooling), baseline = AutoModel forward",
         ),
-        _row(
+        ratio_row(
             "notes_int8_vs_fp32",
             t_int8,
             t_fp32,

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench._timing import median_seconds
+from bench._timing import median_seconds, scratch_dir
 
 CASES = 8
 SEED = 12345
-
-
-def _scratch_dir() -> Path:
-    """tmpfs when there is one: a shared disk's latency swings by 10x and would swamp both timings."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    scratch = Path(__file__).resolve().parent / "_work"  # git-ignored
-    scratch.mkdir(exist_ok=True)
-    return scratch
 
 
 def bench() -> list[dict[str, Any]]:
@@ -34,7 +23,7 @@ def bench() -> list[dict[str, Any]]:
     settings = SynthSettings(cases=CASES, seed=SEED)
     geom = settings.geometry
     plan = sample_cohort(settings)
-    work = Path(tempfile.mkdtemp(prefix="mmclinic-bench-synth-", dir=_scratch_dir()))
+    work = Path(tempfile.mkdtemp(prefix="mmclinic-bench-synth-", dir=scratch_dir()))
     try:
         series = []
         for c in plan.cases:
