@@ -73,10 +73,12 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         "",
         f"Cohort `{report['manifest']}` ({report['n_cases']} cases; generated with a seed not used in training). "
         f"Malignancy AUROC {_f(f['auroc'])} [{_f(f['auroc_ci95'][0])}, {_f(f['auroc_ci95'][1])}], "
-        f"AUPRC {_f(f['auprc'])}, Brier {_f(f['brier'])}, ECE {_f(f['ece'])}.",
+        f"AUPRC {_f(f['auprc'])}, Brier {_f(f['brier'])}, ECE {_f(f['ece'])}; tumor-present AUROC "
+        f"{_f(f.get('tumor_auroc', float('nan')))}.",
         "",
         *markdown(report).splitlines()[2:],
         "",
+        *(["## Known gaps", "", *[f"- {g}" for g in provenance["gaps"]], ""] if provenance.get("gaps") else []),
         "## Limitations",
         "",
         "- Synthetic data only: lesions, notes and records follow the generator's latent model; real CT, real "
