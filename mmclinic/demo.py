@@ -156,10 +156,17 @@ def run_demo(settings: Settings, paths: DemoPaths, console: Console) -> int:
     for report in result.report_paths:
         if report.suffix == ".json":
             doc = json.loads(report.read_text())
-            mal = doc.get("malignancy", doc)
-            for key in ("n", "prevalence", "auroc", "auroc_ci95", "auprc", "brier", "ece"):
-                if key in mal:
-                    console.print(f"  {key}: {mal[key]}")
+            fused = doc.get("fused", {})
+            ref = doc.get("reference", {}).get("bayes_optimal")
+            if "auroc" in fused:
+                lo, hi = fused.get("auroc_ci95", (float("nan"), float("nan")))
+                console.print(
+                    f"  malignancy: AUROC {fused['auroc']:.3f} [{lo:.3f}, {hi:.3f}] over {fused.get('n')} cases "
+                    f"({fused.get('n_positive')} malignant), AUPRC {fused.get('auprc', float('nan')):.3f}, "
+                    f"Brier {fused.get('brier', float('nan')):.3f}, ECE {fused.get('ece', float('nan')):.3f}"
+                )
+            if isinstance(ref, int | float):
+                console.print(f"  the generator's Bayes-optimal AUROC on these cases: {float(ref):.3f}")
     det = detection_vs_truth(rows, manifest.parent / "ground_truth.json")
     if det is not None:
         console.print(
