@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +29,20 @@ def require(condition: bool, reason: str) -> None:
         if REQUIRE_ALL:
             pytest.fail(reason + " (MMCLINIC_REQUIRE_ALL=1)")
         pytest.skip(reason)
+
+
+def enter_test_database(backend: str, tmp_path: Path) -> tuple[Any, str]:
+    """Enter an isolated database (``sqlite`` or ``postgresql``); returns (context to exit, URL).
+
+    The PostgreSQL variant needs MMCLINIC_TEST_DATABASE_URL: skipped without it, failed under
+    MMCLINIC_REQUIRE_ALL=1.
+    """
+    from mmclinic.store.testing import PG_ENV, isolated_database
+
+    ctx = isolated_database(backend, tmp_path)
+    try:
+        url = ctx.__enter__()
+    except LookupError:
+        require(False, f"PostgreSQL variant: set {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+        raise
+    return ctx, url

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from _support import enter_test_database
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,7 +15,7 @@ from mmclinic.api import create_app
 from mmclinic.config import ApiSettings, Settings
 from mmclinic.store import db as dbmod
 from mmclinic.store import users
-from mmclinic.store.testing import PG_ENV, FakeEngine, isolated_database, require_all
+from mmclinic.store.testing import FakeEngine
 from mmclinic.store.worker import run_worker
 
 USERS = {
@@ -59,13 +59,7 @@ class Api:
 
 
 def build_api(backend: str, tmp_path: Path, auth: bool = True) -> Iterator[Api]:
-    try:
-        ctx = isolated_database(backend, tmp_path)
-        url = ctx.__enter__()
-    except LookupError:
-        if require_all():
-            pytest.fail(f"{PG_ENV} is not set and MMCLINIC_REQUIRE_ALL=1")
-        pytest.skip(f"PostgreSQL variant: set {PG_ENV}")
+    ctx, url = enter_test_database(backend, tmp_path)
     engine = dbmod.create_db_engine(url)
     try:
         dbmod.upgrade(engine)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _support import enter_test_database
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mmclinic.store import db as dbmod
-from mmclinic.store.testing import PG_ENV, isolated_database, require_all
 
 
 @dataclass
@@ -23,13 +23,7 @@ class Db:
 
 
 def open_backend(backend: str, tmp_path: Path, revision: str | None = "head") -> Iterator[Db]:
-    try:
-        ctx = isolated_database(backend, tmp_path)
-        url = ctx.__enter__()
-    except LookupError:
-        if require_all():
-            pytest.fail(f"{PG_ENV} is not set and MMCLINIC_REQUIRE_ALL=1")
-        pytest.skip(f"PostgreSQL variant: set {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
+    ctx, url = enter_test_database(backend, tmp_path)
     engine = dbmod.create_db_engine(url)
     try:
         if revision:
