@@ -95,6 +95,45 @@ class Prediction:
         """JSON-ready dict (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))  # type: ignore[no-any-return]
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Prediction:
+        """Inverse of ``to_dict`` (lists back to tuples); used for journals and stored rows."""
+        p = d["provenance"]
+        findings = tuple(
+            Finding(
+                center_mm=(float(f["center_mm"][0]), float(f["center_mm"][1]), float(f["center_mm"][2])),
+                diameter_mm=float(f["diameter_mm"]),
+                confidence=float(f["confidence"]),
+                malignancy_risk=float(f["malignancy_risk"]),
+                center_voxel=None
+                if f.get("center_voxel") is None
+                else (int(f["center_voxel"][0]), int(f["center_voxel"][1]), int(f["center_voxel"][2])),
+                label=str(f.get("label", "nodule")),
+            )
+            for f in d["findings"]
+        )
+        prov = Provenance(
+            weights_sha256=p["weights_sha256"],
+            task=p["task"],
+            task_version=p["task_version"],
+            plugin_versions=dict(p["plugin_versions"]),
+            mmclinic_version=p["mmclinic_version"],
+            preprocessing_hash=p["preprocessing_hash"],
+            input_fingerprints=dict(p["input_fingerprints"]),
+            device=p["device"],
+            timings_ms=dict(p["timings_ms"]),
+            modalities_present=tuple(p["modalities_present"]),
+        )
+        return cls(
+            case_id=str(d["case_id"]),
+            task=str(d["task"]),
+            tumor_probability=float(d["tumor_probability"]),
+            malignancy_risk=float(d["malignancy_risk"]),
+            findings=findings,
+            modality_contributions={str(k): float(v) for k, v in d["modality_contributions"].items()},
+            provenance=prov,
+        )
+
 
 def sha256_bytes(data: bytes) -> str:
     """Hex SHA-256 of bytes."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmclinic.case import IMAGING, NOTES, TABULAR, Case, Finding, NoteRef, Prediction, Provenance, StudyRef
+from mmclinic.case import IMAGING, NOTES, TABULAR, Case, NoteRef, Prediction, StudyRef
 from mmclinic.errors import InputError, MmclinicError
 from mmclinic.logs import event
 
@@ -29,40 +29,8 @@ class StoreStats:
 
 
 def prediction_from_dict(d: dict[str, Any]) -> Prediction:
-    """Rebuild a ``Prediction`` from its ``to_dict()`` form (lists back to tuples)."""
-    p = d["provenance"]
-    findings = tuple(
-        Finding(
-            center_mm=(float(f["center_mm"][0]), float(f["center_mm"][1]), float(f["center_mm"][2])),
-            diameter_mm=float(f["diameter_mm"]),
-            confidence=float(f["confidence"]),
-            malignancy_risk=float(f["malignancy_risk"]),
-            center_voxel=None if f.get("center_voxel") is None else tuple(int(v) for v in f["center_voxel"]),  # type: ignore[arg-type]
-            label=str(f.get("label", "nodule")),
-        )
-        for f in d["findings"]
-    )
-    prov = Provenance(
-        weights_sha256=p["weights_sha256"],
-        task=p["task"],
-        task_version=p["task_version"],
-        plugin_versions=dict(p["plugin_versions"]),
-        mmclinic_version=p["mmclinic_version"],
-        preprocessing_hash=p["preprocessing_hash"],
-        input_fingerprints=dict(p["input_fingerprints"]),
-        device=p["device"],
-        timings_ms=dict(p["timings_ms"]),
-        modalities_present=tuple(p["modalities_present"]),
-    )
-    return Prediction(
-        case_id=d["case_id"],
-        task=d["task"],
-        tumor_probability=float(d["tumor_probability"]),
-        malignancy_risk=float(d["malignancy_risk"]),
-        findings=findings,
-        modality_contributions=dict(d["modality_contributions"]),
-        provenance=prov,
-    )
+    """Rebuild a ``Prediction`` from its ``to_dict()`` form (kept as a name for the batch journal's callers)."""
+    return Prediction.from_dict(d)
 
 
 def _study_files(ref: StudyRef) -> list[Path]:

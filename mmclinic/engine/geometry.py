@@ -37,27 +37,25 @@ def _hook(plugin: Any, meta: dict[str, Any], name: str) -> Callable[[Sequence[fl
     return None
 
 
-def voxel_to_patient(plugin: Any, meta: dict[str, Any], ijk: Sequence[float]) -> Point:
-    """Centre of voxel ``ijk`` (fractional allowed) in patient LPS millimetres."""
-    hook = _hook(plugin, meta, "voxel_to_patient")
+def _map(plugin: Any, meta: dict[str, Any], point: Sequence[float], hook_name: str, inverse: bool) -> Point:
+    """The plugin's own mapping when it has one, else the affine in ``meta`` (inverted for patient → voxel)."""
+    hook = _hook(plugin, meta, hook_name)
     if hook is not None:
-        out = [float(v) for v in hook(ijk)]
+        out = [float(v) for v in hook(point)]
     else:
         aff = _affine(meta)
         if aff is None:
-            raise ModelError("model.no_geometry", "imaging plugin provides no voxel-to-patient mapping")
-        out = [float(v) for v in (aff @ np.array([*ijk, 1.0]))[:3]]
+            raise ModelError("model.no_geometry", f"imaging plugin provides no {hook_name.replace('_', '-')} mapping")
+        matrix = np.linalg.inv(aff) if inverse else aff
+        out = [float(v) for v in (matrix @ np.array([*point, 1.0]))[:3]]
     return (out[0], out[1], out[2])
+
+
+def voxel_to_patient(plugin: Any, meta: dict[str, Any], ijk: Sequence[float]) -> Point:
+    """Centre of voxel ``ijk`` (fractional allowed) in patient LPS millimetres."""
+    return _map(plugin, meta, ijk, "voxel_to_patient", inverse=False)
 
 
 def patient_to_voxel(plugin: Any, meta: dict[str, Any], xyz: Sequence[float]) -> Point:
     """Inverse mapping: patient LPS mm → fractional voxel index in the resampled grid."""
-    hook = _hook(plugin, meta, "patient_to_voxel")
-    if hook is not None:
-        out = [float(v) for v in hook(xyz)]
-    else:
-        aff = _affine(meta)
-        if aff is None:
-            raise ModelError("model.no_geometry", "imaging plugin provides no patient-to-voxel mapping")
-        out = [float(v) for v in (np.linalg.inv(aff) @ np.array([*xyz, 1.0]))[:3]]
-    return (out[0], out[1], out[2])
+    return _map(plugin, meta, xyz, "patient_to_voxel", inverse=True)

@@ -10,7 +10,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mmclinic.case import Finding, Prediction, Provenance
+from mmclinic.case import Prediction
 from mmclinic.errors import InputError
 from mmclinic.pacs.sr import ResultIds, build_sr, read_sources, task_content, to_bytes
 from mmclinic.pacs.uids import result_key
@@ -31,37 +31,28 @@ class ExportObject:
 
 def prediction_from_row(row: PredictionRow) -> Prediction:
     """The ``Prediction`` a stored row holds (findings and provenance as saved)."""
-    findings = tuple(
-        Finding(
-            center_mm=tuple(float(v) for v in f["center_mm"]),  # type: ignore[arg-type]
-            diameter_mm=float(f["diameter_mm"]),
-            confidence=float(f["confidence"]),
-            malignancy_risk=float(f["malignancy_risk"]),
-            center_voxel=tuple(int(v) for v in f["center_voxel"]) if f.get("center_voxel") else None,  # type: ignore[arg-type]
-            label=str(f.get("label", "nodule")),
-        )
-        for f in row.findings
-    )
-    prov = Provenance(
-        weights_sha256=row.weights_sha256,
-        task=row.task,
-        task_version=row.task_version,
-        plugin_versions=dict(row.plugin_versions),
-        mmclinic_version=row.mmclinic_version,
-        preprocessing_hash=row.preprocessing_hash,
-        input_fingerprints=dict(row.input_fingerprints),
-        device=row.device,
-        timings_ms=dict(row.timings_ms),
-        modalities_present=tuple(row.modalities_present),
-    )
-    return Prediction(
-        case_id="",
-        task=row.task,
-        tumor_probability=row.tumor_probability,
-        malignancy_risk=row.malignancy_risk,
-        findings=findings,
-        modality_contributions=dict(row.modality_contributions),
-        provenance=prov,
+    provenance = {
+        "weights_sha256": row.weights_sha256,
+        "task": row.task,
+        "task_version": row.task_version,
+        "plugin_versions": row.plugin_versions,
+        "mmclinic_version": row.mmclinic_version,
+        "preprocessing_hash": row.preprocessing_hash,
+        "input_fingerprints": row.input_fingerprints,
+        "device": row.device,
+        "timings_ms": row.timings_ms,
+        "modalities_present": row.modalities_present,
+    }
+    return Prediction.from_dict(
+        {
+            "case_id": "",
+            "task": row.task,
+            "tumor_probability": row.tumor_probability,
+            "malignancy_risk": row.malignancy_risk,
+            "findings": row.findings,
+            "modality_contributions": row.modality_contributions,
+            "provenance": provenance,
+        }
     )
 
 
