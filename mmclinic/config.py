@@ -49,7 +49,9 @@ class PacsSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 11112
     max_associations: int = 8
-    max_pdu_size: int = 65536
+    # Largest PDU we accept. Senders cut each instance into PDUs of at most this size, and each PDU
+    # costs the listener a receive-and-decode round; 1 MiB lets dcmtk use its largest (128 KiB).
+    max_pdu_size: int = 1 << 20
     allowed_peers: list[PacsPeer] = Field(default_factory=list)
     destinations: list[PacsDestination] = Field(default_factory=list)
     study_quiet_seconds: float = 30.0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,6 +124,64 @@ def tls_context(settings: PacsSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+# pynetdicom's acceptor polls, and each poll interval is latency added to every C-STORE.
+# - Its DUL thread (socket + outgoing queue) sleeps 1 ms whenever a loop found nothing to do. Right
+#   after it sent a response the peer's next request is imminent, so for a short window it looks
+#   every 0.1 ms; otherwise (an idle association, or while a handler runs) it keeps pynetdicom's 1 ms.
+# - Its association thread sleeps 1 ms per loop and then only peeks at the queue of decoded
+#   messages. Waiting on that queue instead hands a message over the moment it is complete and
+#   burns no CPU; the wait is bounded so the loop still checks release, abort and timeouts.
+_DUL_IDLE_SLEEP_S = 0.001
+_DUL_EXPECT_SLEEP_S = 0.0001
+_DUL_EXPECT_WINDOW_S = 0.005
+_MSG_WAIT_S = 0.002
+
+
+def _prompt_dimse_class() -> type[Any]:
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    class PromptDIMSE(DIMSEServiceProvider):
+        """DIMSE provider whose non-blocking ``get_msg`` waits briefly for the next message (see above).
+
+        Safe for this listener because its handlers never send requests on the association they
+        serve (pynetdicom's ``send_*`` from an acceptor would compete with the reactor for messages).
+        """
+
+        def get_msg(self, block: bool = False) -> Any:
+            if block:
+                return super().get_msg(block=True)
+            try:
+                return self.msg_queue.get(timeout=_MSG_WAIT_S)
+            except queue.Empty:
+                return None, None
+
+    return PromptDIMSE
+
+
+def _expectant_dul_class() -> type[Any]:
+    from pynetdicom.dul import DULServiceProvider
+
+    class ExpectantDUL(DULServiceProvider):
+        """DUL provider that polls quickly just after sending, when the peer's next PDU is due (see above)."""
+
+        _last_sent = -1e9
+
+        @property
+        def _run_loop_delay(self) -> float:
+            recent = time.monotonic() - self._last_sent < _DUL_EXPECT_WINDOW_S
+            return _DUL_EXPECT_SLEEP_S if recent else _DUL_IDLE_SLEEP_S
+
+        @_run_loop_delay.setter
+        def _run_loop_delay(self, value: float) -> None:
+            """pynetdicom assigns its fixed delay in ``__init__``; the getter decides instead."""
+
+        def _send(self, pdu: Any) -> None:
+            super()._send(pdu)
+            self._last_sent = time.monotonic()
+
+    return ExpectantDUL
+
+
 class StorageSCP:
     """The running listener. ``start()`` binds (port 0 picks a free port, see ``port``); ``stop()`` shuts it."""
 
@@ -182,12 +242,16 @@ class StorageSCP:
         """Bind and serve in a background thread."""
         from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-        acse_cls = _gated_acse_class(self.gate)
+        acse_cls, dimse_cls, dul_cls = _gated_acse_class(self.gate), _prompt_dimse_class(), _expectant_dul_class()
 
         class Handler(RequestHandler):
             def _create_association(self) -> Any:
                 assoc = super()._create_association()
                 assoc.acse = acse_cls(assoc)
+                # Not started yet, so nothing holds the old DIMSE provider. The DUL already holds the
+                # socket and timers: it keeps its state and only gains the polling behaviour above.
+                assoc.dimse = dimse_cls(assoc)
+                assoc.dul.__class__ = dul_cls
                 return assoc
 
         class Server(ThreadedAssociationServer):

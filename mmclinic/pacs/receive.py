@@ -12,10 +12,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,8 +25,15 @@ from mmclinic.errors import ConflictError, InputError, MmclinicError, ResourceEx
 from mmclinic.logs import event
 from mmclinic.store.audit import Actor, record
 from mmclinic.store.db import transaction
-from mmclinic.store.dicomstore import instance_path, parse_instance, register_instance, write_durably
-from mmclinic.store.models import Instance, Job
+from mmclinic.store.dicomstore import (
+    ParsedInstance,
+    StagedFile,
+    instance_path,
+    io_pool,
+    parse_instance,
+    record_instance,
+)
+from mmclinic.store.models import Instance, Job, Series, Study
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,14 @@ STATUS_BY_REASON: dict[str, int] = {
     "pacs.instance_conflict": 0xC001,
     "pacs.store_failed": 0xC002,
 }
+_SERIES_BY_UID = (
+    select(Series.id, Study.study_uid, Study.site)
+    .join(Study, Series.study_id == Study.id)
+    .where(Series.series_uid == bindparam("uid"))
+)
+_INSTANCE_BY_UID = select(Instance.sha256, Instance.series_id).where(Instance.sop_uid == bindparam("uid"))
+# Received bytes are staged here (same file system as their final folder) until they may be published.
+INCOMING_DIR = ".incoming"
 ACCEPTED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, Enhanced CT
 
 
@@ -60,13 +76,19 @@ def listener_actor(site: str, client: str) -> Actor:
 
 
 class ResourceGuard:
-    """Free disk and queued-job limits, with the queue count cached (one query per ``ttl_s``, not per instance)."""
+    """Free disk and queued-job limits, both cached (one look per ``ttl_s``, not per instance).
+
+    Between two looks at the disk, the bytes admitted meanwhile are taken off the cached free
+    space, so a burst cannot run past the threshold by more than what was measured.
+    """
 
     def __init__(self, factory: sessionmaker[Session], data_dir: Path, settings: PacsSettings, ttl_s: float = 2.0):
         self._factory, self._dir, self._settings, self._ttl = factory, data_dir, settings, ttl_s
         self._lock = threading.Lock()
         self._queued = 0
         self._checked = -1e9
+        self._free = 0
+        self._disk_checked = -1e9
 
     def queued_jobs(self) -> int:
         with self._lock:
@@ -79,10 +101,20 @@ class ResourceGuard:
                 self._checked = now
             return self._queued
 
-    def check(self) -> None:
+    def free_bytes(self, incoming: int = 0) -> int:
+        """Free disk space left once ``incoming`` more bytes are written (cached, see the class)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._disk_checked > self._ttl:
+                self._dir.mkdir(parents=True, exist_ok=True)
+                self._free = shutil.disk_usage(self._dir).free
+                self._disk_checked = now
+            self._free -= incoming
+            return self._free
+
+    def check(self, incoming: int = 0) -> None:
         """Raise ``ResourceExhaustedError`` when a configured threshold is crossed."""
-        self._dir.mkdir(parents=True, exist_ok=True)
-        free_mb = shutil.disk_usage(self._dir).free / (1 << 20)
+        free_mb = self.free_bytes(incoming) / (1 << 20)
         if free_mb < self._settings.min_free_disk_mb:
             raise ResourceExhaustedError(
                 "resource.disk_full", f"{free_mb:.0f} MB free < {self._settings.min_free_disk_mb}"
@@ -125,33 +157,63 @@ class Receiver:
         return result
 
     def _store(self, data: bytes, site: str, context_sop_class: str, request_sop_uid: str) -> StoreResult:
-        self.guard.check()
-        parsed = parse_instance(data)
-        sop_class = _sop_class(data)
-        if context_sop_class and sop_class != context_sop_class:
-            raise InputError("pacs.sop_class_mismatch", "dataset SOP Class differs from the presentation context")
-        if request_sop_uid and parsed.sop_uid != request_sop_uid:
-            raise InputError("pacs.sop_instance_mismatch", "dataset SOP Instance UID differs from the request")
-        path = instance_path(self.data_dir, parsed)
-        for attempt in range(2):
+        self.guard.check(len(data))
+        staging = _Staging(data, self.data_dir / "dicom" / INCOMING_DIR)
+        try:
+            parsed = parse_instance(data)
+            if context_sop_class and parsed.sop_class != context_sop_class:
+                raise InputError("pacs.sop_class_mismatch", "dataset SOP Class differs from the presentation context")
+            if request_sop_uid and parsed.sop_uid != request_sop_uid:
+                raise InputError("pacs.sop_instance_mismatch", "dataset SOP Instance UID differs from the request")
+            path = instance_path(self.data_dir, parsed)
+            for attempt in range(2):
+                try:
+                    with transaction(self.factory) as s:
+                        created = self._record(s, site, parsed, path)
+                        # The file is durable (file + folder fsync'ed) before the row commits, and so
+                        # before Success; a crash in between leaves a file that no row names yet.
+                        if created or not path.is_file():
+                            staging.publish(path)
+                    return StoreResult(SUCCESS, "ok", parsed.study_uid, created=created)
+                except IntegrityError:  # a parallel association stored the same instance first (PostgreSQL)
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            staging.discard()
+
+    @staticmethod
+    def _record(s: Session, site: str, parsed: ParsedInstance, path: Path) -> bool:
+        """Row for the instance (locks it until commit); True when new. Conflicting bytes raise.
+
+        Every instance after a series' first takes the short way: one query for the series and its
+        study, one for the instance, one insert, in SQL expressions rather than ORM objects (the ORM
+        path costs several times the CPU). It applies ``record_instance``'s rules; anything else (new
+        series, another study or site) goes through ``record_instance`` itself.
+        """
+        conn = s.connection()
+        series = conn.execute(_SERIES_BY_UID, {"uid": parsed.series_uid}).first()
+        if series is None or series.study_uid != parsed.study_uid or series.site != site:
             try:
-                with transaction(self.factory) as s:
-                    existed = s.scalar(select(Instance.id).where(Instance.sop_uid == parsed.sop_uid)) is not None
-                    try:
-                        register_instance(
-                            s, site, parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality,
-                            parsed.sha256, str(path), len(data),
-                        )  # fmt: skip
-                    except ConflictError as exc:
-                        raise ConflictError("pacs.instance_conflict", exc.reason) from exc
-                    # The file is durable (file + folder fsync) before the row commits and before Success.
-                    if not existed or not path.is_file():
-                        write_durably(path, data)
-                return StoreResult(SUCCESS, "ok", parsed.study_uid, created=not existed)
-            except IntegrityError:  # a parallel association stored the same instance first (PostgreSQL)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+                _, created = record_instance(
+                    s, site, parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality,
+                    parsed.sha256, str(path), len(parsed.data),
+                )  # fmt: skip
+            except ConflictError as exc:
+                raise ConflictError("pacs.instance_conflict", exc.reason) from exc
+            return created
+        known = conn.execute(_INSTANCE_BY_UID, {"uid": parsed.sop_uid}).first()
+        if known is not None:
+            if known.sha256 != parsed.sha256 or known.series_id != series.id:
+                raise ConflictError("pacs.instance_conflict", "conflict.instance_changed")
+            return False
+        conn.execute(
+            insert(Instance).values(
+                series_id=series.id, sop_uid=parsed.sop_uid, sha256=parsed.sha256,
+                storage_path=str(path), size_bytes=len(parsed.data),
+            )
+        )  # fmt: skip
+        return True
 
     def _audit(self, site: str, client: str, action: str, outcome: str) -> None:
         try:
@@ -161,12 +223,29 @@ class Receiver:
             log.exception("audit event %s could not be written", action)
 
 
-def _sop_class(data: bytes) -> str:
-    """SOP Class UID of a Part 10 file (file meta first, then the dataset)."""
-    import io
+class _Staging:
+    """The received bytes, written to a temporary file on a pool thread from the moment they arrive.
 
-    import pydicom
+    Writing (and pushing to the device) overlaps parsing and the database work; the file only
+    becomes visible in ``publish``, once the row is known to be new, so a conflicting copy never
+    replaces the first one. A repeat or a rejected instance only costs a dropped temporary file.
+    """
 
-    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    meta = getattr(ds, "file_meta", None)
-    return str(getattr(ds, "SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    def __init__(self, data: bytes, folder: Path) -> None:
+        self._data, self._folder = data, folder
+        self._future: Future[StagedFile] | None = io_pool().submit(StagedFile, data, folder)
+
+    def publish(self, path: Path) -> None:
+        """Make the bytes durable at ``path`` (see ``StagedFile.publish``); waits for the write first."""
+        future, self._future = self._future, None
+        staged = future.result() if future is not None else StagedFile(self._data, self._folder)
+        staged.publish(path)
+
+    def discard(self) -> None:
+        """Drop an unpublished temporary file (a repeat, a conflict or an error); waits for the write."""
+        if self._future is not None:
+            future, self._future = self._future, None
+            try:
+                future.result().discard()
+            except Exception:  # the write itself failed: nothing to drop; the store outcome stands
+                log.debug("staged write failed", exc_info=True)

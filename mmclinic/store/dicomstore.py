@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import sys
 import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,7 @@ class ParsedInstance:
     modality: str
     sha256: str
     data: bytes
+    sop_class: str = ""  # SOP Class UID (dataset, else the file meta's), for the PACS context check
 
 
 def _uid(ds: object, keyword: str) -> str:
@@ -57,7 +63,13 @@ def parse_instance(data: bytes) -> ParsedInstance:
         modality=str(getattr(ds, "Modality", "") or "")[:16],
         sha256=sha256_bytes(data),
         data=data,
+        sop_class=_sop_class(ds),
     )
+
+
+def _sop_class(ds: object) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(ds, "SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
 
 
 def instance_path(data_dir: Path, inst: ParsedInstance) -> Path:
@@ -68,27 +80,142 @@ def instance_path(data_dir: Path, inst: ParsedInstance) -> Path:
     return data_dir / "dicom" / study[:2] / study[:32] / series / f"{sop}.dcm"
 
 
-def write_durably(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, rename into place, fsync the folder (a crash leaves no torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
-def register_instance(
+def _fsync_together(fd: int, folders: list[Path]) -> None:
+    """fsync ``fd`` here and each folder on a pool thread at the same time; returns when all are done."""
+    try:
+        pending = [io_pool().submit(_fsync_path, d) for d in dict.fromkeys(folders)]
+    except RuntimeError:  # interpreter shutting down: no new pool work, do it in turn
+        os.fsync(fd)
+        for d in dict.fromkeys(folders):
+            _fsync_path(d)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        for f in pending:
+            f.result()  # waits; re-raises a folder's fsync error
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """Threads for durable-write work beside the caller's: folder fsyncs, staging (PACS receiver)."""
+    global _IO_POOL
+    with _IO_POOL_LOCK:
+        if _IO_POOL is None:
+            _IO_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="durable-io")
+        return _IO_POOL
+
+
+def _load_sync_file_range() -> Callable[[int], bool] | None:
+    """``fd -> pushed`` via Linux ``sync_file_range``, or None where the call does not exist."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    flags = 0x1 | 0x2 | 0x4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER: whole file written out
+
+    def push(fd: int) -> bool:
+        return int(func(fd, 0, 0, flags)) == 0
+
+    return push
+
+
+_IO_POOL: ThreadPoolExecutor | None = None
+_IO_POOL_LOCK = threading.Lock()
+_SYNC_FILE_RANGE = _load_sync_file_range()
+
+
+def _push_data(fd: int) -> None:
+    """Put a file's data on the device (no metadata, no cache flush) so that a later rename never exposes it torn.
+
+    ``sync_file_range`` writes the pages out and waits, without a journal commit. The rename that
+    follows is journalled after the blocks it points to were written, and a journal commit flushes
+    the device cache before its commit record, so after a crash the final name holds either nothing
+    or the whole file. Durability itself still comes from the fsyncs in ``StagedFile.publish``.
+    Where the call is missing (or fails), ``fdatasync`` gives the same ordering at the cost of a commit.
+    """
+    if _SYNC_FILE_RANGE is None or not _SYNC_FILE_RANGE(fd):
+        os.fdatasync(fd)
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """``mkdir -p``; returns the folders it created, outermost first (their parents need an fsync)."""
+    if folder.is_dir():
+        return []
+    missing = [folder, *(p for p in folder.parents if not p.is_dir())]
+    folder.mkdir(parents=True, exist_ok=True)
+    return list(reversed(missing))
+
+
+class StagedFile:
+    """Bytes written under a temporary name in ``folder``, not yet visible at their final path.
+
+    Splitting ``write_durably`` in two lets a caller write the bytes while it does other work (the
+    PACS receiver parses and checks the database meanwhile) and make them visible only once it
+    knows it may. ``folder`` must be on the file system of the final path (``publish`` renames).
+    """
+
+    def __init__(self, data: bytes, folder: Path) -> None:
+        self._new_dirs = _make_dirs(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".part")
+        self._fd: int | None = fd
+        self._tmp = Path(tmp)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            _push_data(fd)
+        except BaseException:
+            self.discard()
+            raise
+
+    def publish(self, path: Path) -> None:
+        """Rename to ``path``; returns once the file *and* its folder entry are durable (fsync'ed).
+
+        The fsyncs run at the same time (folders on pool threads): on a journalling file system
+        they all wait for the same journal commit, where one after the other costs a commit and a
+        device cache flush each. The guarantee is that of sequential fsyncs, since this returns
+        only after all have returned. Folders created on the way get their parent fsync'ed too.
+        """
+        if self._fd is None:
+            raise RuntimeError("staged file was already published or discarded")
+        try:
+            new_dirs = self._new_dirs + _make_dirs(path.parent)
+            os.replace(self._tmp, path)
+        except BaseException:
+            self.discard()
+            raise
+        fd, self._fd = self._fd, None
+        try:
+            _fsync_together(fd, [path.parent, *(d.parent for d in new_dirs)])
+        finally:
+            os.close(fd)
+
+    def discard(self) -> None:
+        """Drop the temporary file (after a conflict or an error); nothing becomes visible."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write to a temporary file, rename into place, fsync file + folder (a crash leaves no torn file)."""
+    StagedFile(data, path.parent).publish(path)
+
+
+def record_instance(
     session: Session,
     site: str,
     study_uid: str,
@@ -99,8 +226,8 @@ def register_instance(
     storage_path: str,
     size_bytes: int,
     patient_row_id: int | None = None,
-) -> Instance:
-    """Record one stored instance (also for the PACS listener). Same bytes again: no-op; changed bytes: conflict."""
+) -> tuple[Instance, bool]:
+    """Record one stored instance: ``(row, is_new)``. Same bytes again: no-op; changed bytes: conflict."""
     study = session.scalar(select(Study).where(Study.study_uid == study_uid))
     if study is None:
         study = Study(study_uid=study_uid, site=site, patient_id=patient_row_id)
@@ -121,13 +248,13 @@ def register_instance(
     if inst is not None:
         if inst.sha256 != sha256 or inst.series_id != series.id:
             raise ConflictError("conflict.instance_changed", "an instance with this SOPInstanceUID has other bytes")
-        return inst
+        return inst, False
     inst = Instance(
         series_id=series.id, sop_uid=sop_uid, sha256=sha256, storage_path=storage_path, size_bytes=size_bytes
     )
     session.add(inst)
     session.flush()
-    return inst
+    return inst, True
 
 
 def ingest_files(
@@ -143,7 +270,7 @@ def ingest_files(
     for p in parsed:
         path = instance_path(data_dir, p)
         # Registering first means a conflict is detected before any file is overwritten.
-        register_instance(
+        record_instance(
             session,
             site,
             p.study_uid,

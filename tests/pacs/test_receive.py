@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import func, select
 
 from mmclinic.pacs.receive import Receiver
@@ -90,3 +91,38 @@ def test_resource_limits_answer_out_of_resources(store: Store, study_files: list
     res = queue.store(study_files[0].read_bytes(), "s1", "c")
     assert (res.status, res.reason) == (0xA700, "resource.queue_full")
     assert _count(store) == 0
+
+
+def test_file_and_folders_are_fsynced_before_success(
+    store: Store, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from mmclinic.store import dicomstore
+
+    synced_dirs: list[Path] = []
+    synced_fds: list[int] = []
+    real_fsync_path, real_fsync = dicomstore._fsync_path, os.fsync
+
+    def fsync_path(p: Path) -> None:
+        synced_dirs.append(Path(p))
+        real_fsync_path(p)
+
+    def fsync(fd: int) -> None:
+        synced_fds.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(dicomstore, "_fsync_path", fsync_path)
+    monkeypatch.setattr(dicomstore.os, "fsync", fsync)
+    r = _receiver(store)
+    assert r.store(study_files[0].read_bytes(), "s1", "c").status == 0
+    with store.factory() as s:
+        path = Path(s.scalars(select(Instance)).one().storage_path)
+    assert synced_fds  # the file itself
+    # its folder, and the parent of every folder created for it (series, study, prefix, dicom/)
+    for folder in (path.parent, path.parent.parent, path.parent.parent.parent, store.data_dir / "dicom"):
+        assert folder in synced_dirs
+    assert not list((store.data_dir / "dicom" / ".incoming").glob(".tmp-*"))  # staged copy moved, none left
+    synced_dirs.clear()
+    assert r.store(study_files[0].read_bytes(), "s1", "c").status == 0  # repeat: nothing written or synced
+    assert synced_dirs == [] and not list((store.data_dir / "dicom" / ".incoming").glob(".tmp-*"))
