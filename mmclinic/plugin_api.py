@@ -42,6 +42,8 @@ class FeatureSpec:
     required: bool = False
     categories: tuple[str, ...] = ()
     description: str = ""
+    # "log": the encoder sees log(value) (right-skewed lab values whose effect is multiplicative).
+    scale: Literal["linear", "log"] = "linear"
 
 
 @dataclass(frozen=True)

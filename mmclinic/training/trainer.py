@@ -27,7 +27,7 @@ from mmclinic.logs import event
 from mmclinic.model.batching import to_device
 from mmclinic.model.calibration import fit_temperature
 from mmclinic.model.detection import DetectionConfig, find_lesions
-from mmclinic.model.frozen import ReplayEncoder, outputs_as_batch
+from mmclinic.model.frozen import frozen_outputs, replay_for
 from mmclinic.model.fusion import LESION_KEY, FusionModel
 from mmclinic.registry import Registry, get_registry
 from mmclinic.training.cache import CachedInput, CaseCache, batch_of
@@ -39,6 +39,10 @@ from mmclinic.training.progress import progress_bar
 log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
+
+
+# Voxel thresholds of the lesion map tried on validation (see ``Trainer._tune_detection``).
+VOXEL_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
 
 
 @dataclass
@@ -109,7 +113,7 @@ class Trainer:
             modality_dropout=cfg.modality_dropout,
         )
         self.modalities = self.model.cfg.modalities
-        self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by ReplayEncoder
+        self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by their replay
         self.cache_stats: dict[str, int] = {}
         self.detection = DetectionConfig()
         # An engine around the untrained model prepares and precomputes inputs exactly as inference will.
@@ -277,8 +281,7 @@ class Trainer:
                     chunk = examples[i : i + 16]
                     b = to_device(batch_of([{m: e.inputs[m]} for e in chunk], (m,)), self.device)
                     with autocast(self.device):
-                        eo = enc(b[m])
-                    rows = outputs_as_batch(eo, b[m]["present"])
+                        rows = frozen_outputs(enc, b[m])
                     for r, e in enumerate(chunk):
                         one = {
                             k: v[r : r + 1].float().cpu() if v.is_floating_point() else v[r : r + 1].cpu()
@@ -288,7 +291,8 @@ class Trainer:
                         e.replay[m] = CachedInput(one, src.present, src.fingerprint, src.meta)
                         advance()
             self._real[m] = enc
-            self.model.encoders[m] = ReplayEncoder()
+            # A trunk/head encoder keeps training its head on the cached trunk outputs.
+            self.model.encoders[m] = replay_for(enc)
             event(log, "train.frozen", modality=m, cases=len(examples))
 
     @contextlib.contextmanager
@@ -376,16 +380,20 @@ class Trainer:
 
     @torch.no_grad()
     def _tune_detection(self, val: list[Example]) -> dict[str, Any]:
-        """Choose the findings' confidence cut-off on validation: at most 1 false positive per scan."""
+        """Choose the voxel threshold and the findings' cut-off on validation: at most 1 false positive per scan.
+
+        The voxel threshold decides which candidates exist at all: a small lesion whose map peaks
+        below it can never be found, whatever the confidence cut-off, so it is tuned too (highest
+        sensitivity wins; a tie keeps the higher threshold, which splits neighbours more cleanly).
+        """
         if IMAGING not in self.modalities:
             return {}
         exs = [e for e in val if e.gt_lesions is not None and e.inputs[IMAGING].present]
         if not exs:
             return {}
-        candidates = DetectionConfig(threshold=self.detection.threshold, min_confidence=0.1, max_findings=16)
         spacing = self.parts.spec.imaging.spacing_mm
         plugin = self.parts.plugins[IMAGING]
-        found: list[list[tuple[tuple[float, float, float], float]]] = []
+        found: dict[float, list[list[tuple[tuple[float, float, float], float]]]] = {t: [] for t in VOXEL_THRESHOLDS}
         self.model.eval()
         for i in range(0, len(exs), 16):
             chunk = exs[i : i + 16]
@@ -395,17 +403,23 @@ class Trainer:
             prob = torch.sigmoid(out.extras[IMAGING][LESION_KEY].float())[:, 0].cpu().numpy()
             for r, e in enumerate(chunk):
                 meta = e.inputs[IMAGING].meta
-                found.append(
-                    [
-                        (voxel_to_patient(plugin, meta, f.center_voxel), f.confidence)
-                        for f in find_lesions(prob[r], spacing, candidates)
-                    ]
-                )
-        res = detection_metrics(found, [e.gt_lesions or [] for e in exs], voxel_mm=min(spacing))
+                for t in VOXEL_THRESHOLDS:
+                    cands = DetectionConfig(threshold=t, min_confidence=min(t, 0.1), max_findings=16)
+                    hits = find_lesions(prob[r], spacing, cands)
+                    found[t].append([(voxel_to_patient(plugin, meta, f.center_voxel), f.confidence) for f in hits])
+        truth = [e.gt_lesions or [] for e in exs]
+        results = {t: detection_metrics(found[t], truth, voxel_mm=min(spacing)) for t in VOXEL_THRESHOLDS}
+        best_t = max(VOXEL_THRESHOLDS, key=lambda t: (np.nan_to_num(results[t]["sensitivity"]), t))
+        res = results[best_t]
         thr = res["confidence_threshold"]
         cut = float(thr) if math.isfinite(thr) else 0.5
-        self.detection = DetectionConfig(self.detection.threshold, max(candidates.min_confidence, cut), 8)
-        return {k: v for k, v in res.items() if k != "froc"} | {"min_confidence": self.detection.min_confidence}
+        self.detection = DetectionConfig(best_t, max(min(best_t, 0.1), cut), 8)
+        by_threshold = {str(t): results[t]["sensitivity"] for t in VOXEL_THRESHOLDS}
+        return {k: v for k, v in res.items() if k != "froc"} | {
+            "voxel_threshold": best_t,
+            "min_confidence": self.detection.min_confidence,
+            "sensitivity_by_voxel_threshold": by_threshold,
+        }
 
     def _finish(
         self,

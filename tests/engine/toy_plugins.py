@@ -33,19 +33,34 @@ AFFINE = np.array(
 
 
 class ToyImagingEncoder(nn.Module):
-    """Conv features → 4 pooled tokens; a 1x1x1 lesion head on the raw volume (so tests can set it)."""
+    """Conv features → 4 pooled tokens; a 1x1x1 lesion head on the raw volume (so tests can set it).
+
+    Split like the real CT encoder: ``trunk`` (conv + lesion map, what a trainer freezes) and ``head``
+    (a trainable projection of the trunk's pooled features).
+    """
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
         self.conv = nn.Conv3d(1, d_model, 3, padding=1)
         self.lesion = nn.Conv3d(1, 1, 1)
         self.pool = nn.AdaptiveAvgPool3d((2, 2, 1))
+        self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+    def _trunk(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["volume"]
         feats = self.pool(torch.relu(self.conv(x))).flatten(2).transpose(1, 2)  # [B, 4, D]
-        pad = ~batch["present"].bool()[:, None].expand(-1, feats.shape[1])
-        return EncoderOutput(feats, pad, {"lesion_logits": self.lesion(x)})
+        return {"feats": feats, "extra.lesion_logits": self.lesion(x), "present": batch["present"]}
+
+    def trunk(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self._trunk(batch)
+
+    def head(self, trunk: dict[str, torch.Tensor]) -> EncoderOutput:
+        tokens = trunk["feats"] + self.proj(trunk["feats"])
+        pad = ~trunk["present"].bool()[:, None].expand(-1, tokens.shape[1])
+        return EncoderOutput(tokens, pad, {"lesion_logits": trunk["extra.lesion_logits"]})
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        return self.head(self._trunk(batch))
 
 
 class ToyImaging(ModalityPlugin):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from toy_plugins import toy_cohort, toy_registry
+from toy_plugins import ToyImagingEncoder, toy_cohort, toy_registry
 
 from mmclinic.engine import InferenceEngine
 from mmclinic.engine.checkpoint import read_checkpoint
@@ -56,6 +56,11 @@ def test_training_learns_and_writes_a_loadable_calibrated_checkpoint(trained: Pa
     # The findings' confidence cut-off was chosen on validation scans with ground-truth lesions.
     assert meta["metrics"]["val_detection"]["n_scans"] > 0
     assert meta["detection"]["min_confidence"] == meta["metrics"]["val_detection"]["min_confidence"] >= 0.1
+    # So was the voxel threshold: the one with the highest validation sensitivity among those tried.
+    det = meta["metrics"]["val_detection"]
+    by_t = {float(t): s for t, s in det["sensitivity_by_voxel_threshold"].items()}
+    assert meta["detection"]["threshold"] == det["voxel_threshold"] in by_t
+    assert by_t[det["voxel_threshold"]] == max(by_t.values()) == det["sensitivity"]
     engine = InferenceEngine.load(trained, device="cpu", registry=toy_registry())
     assert engine.weights_sha256 == summary["weights_sha256"]
 
@@ -89,9 +94,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert [h["epoch"] for h in res.summary["history"]] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["trunk-head", "whole-encoder"])
 def test_two_phase_training_keeps_frozen_encoder_fixed(
-    tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, split: bool
 ) -> None:
+    if not split:  # an encoder without trunk/head is replayed whole
+        monkeypatch.setattr(ToyImagingEncoder, "trunk", None)
     captured: dict[str, torch.Tensor] = {}
     real_freeze = Trainer._freeze
 
@@ -104,8 +112,11 @@ def test_two_phase_training_keeps_frozen_encoder_fixed(
     train(cohort, out, _cfg(epochs=3, freeze_after=1, phase1_cases=20), registry=toy_registry(), progress=False)
     last = read_checkpoint(out / "last.pt")["state_dict"]
     assert captured, "phase 2 never started"
+    head = {"proj.weight", "proj.bias"} if split else set()
     for k, v in captured.items():
-        assert torch.equal(last[f"encoders.imaging.{k}"], v)  # not updated after the freeze
+        changed = not torch.equal(last[f"encoders.imaging.{k}"], v)
+        # The trunk is fixed after the freeze; a trunk/head encoder keeps training its head.
+        assert changed == (k in head), k
     InferenceEngine.load(out, device="cpu", registry=toy_registry())  # real encoder weights were saved
 
 

@@ -46,6 +46,8 @@ class NotesConfig(BaseModel):
     # CPU inference of the frozen part with dynamic int8 quantization of its Linear layers.
     quantize_int8: bool = False
     pool_heads: int = Field(default=4, ge=1)
+    # Width of the attention pooling (token states are projected down to it first).
+    pool_dim: int = Field(default=64, ge=4)
     note_types: tuple[str, ...] = DEFAULT_NOTE_TYPES
     # Windows per backbone call inside precompute (bounds peak memory on long cases).
     window_batch_size: int = Field(default=32, ge=1)

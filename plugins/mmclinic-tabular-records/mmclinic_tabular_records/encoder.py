@@ -16,6 +16,9 @@ from torch import nn
 from mmclinic.errors import ModelError
 from mmclinic.plugin_api import EncoderOutput, FeatureSpec
 
+# Smallest value a log-scale feature is taken to have (units of the feature).
+LOG_FLOOR = 1e-3
+
 
 def n_categories(spec: FeatureSpec) -> int:
     """Embedding rows a feature needs (0 for numeric)."""
@@ -31,6 +34,7 @@ class TabularEncoder(nn.Module):
 
     # Buffers, declared for the type checker (nn.Module.__getattr__ would otherwise type them as Tensor | Module).
     is_numeric: torch.Tensor
+    is_log: torch.Tensor
     cat_offset: torch.Tensor
     norm_mean: torch.Tensor
     norm_std: torch.Tensor
@@ -44,6 +48,8 @@ class TabularEncoder(nn.Module):
         self.clip = clip
         n = len(schema)
         self.register_buffer("is_numeric", torch.tensor([f.type == "numeric" for f in schema]), persistent=False)
+        is_log = [f.type == "numeric" and f.scale == "log" for f in schema]
+        self.register_buffer("is_log", torch.tensor(is_log), persistent=False)
         # Row 0 of the shared table is a dummy that numeric features index (their lookup is discarded).
         offsets, total = [], 1
         for f in schema:
@@ -61,6 +67,8 @@ class TabularEncoder(nn.Module):
         # declared range uses its centre and a quarter of its width, which keeps x_norm near [-2, 2].
         mean = [((f.min + f.max) / 2) if f.min is not None and f.max is not None else 0.0 for f in schema]
         std = [((f.max - f.min) / 4 or 1.0) if f.min is not None and f.max is not None else 1.0 for f in schema]
+        mean = [0.0 if log else m for m, log in zip(mean, is_log, strict=True)]
+        std = [1.0 if log else s for s, log in zip(std, is_log, strict=True)]
         self.register_buffer("norm_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("norm_std", torch.tensor(std, dtype=torch.float32))
         self.register_buffer("norm_fitted", torch.tensor(False))
@@ -78,7 +86,7 @@ class TabularEncoder(nn.Module):
         for batch in batches:
             observed = (~batch["missing"].bool() & batch["present"].bool().unsqueeze(1)).cpu()
             observed &= self.is_numeric.cpu().unsqueeze(0)
-            x = batch["num"].detach().cpu().double() * observed
+            x = self.transform(batch["num"].detach().cpu().double()) * observed
             count += observed.sum(0)
             total += x.sum(0)
             total_sq += (x * x).sum(0)
@@ -92,6 +100,12 @@ class TabularEncoder(nn.Module):
         self.norm_fitted.fill_(True)
         return {name: int(c) for name, c, num in zip(self.feature_names, count, self.is_numeric, strict=True) if num}
 
+    def transform(self, num: torch.Tensor) -> torch.Tensor:
+        """Raw numeric values → the scale the model sees (log for ``scale="log"`` features)."""
+        # A floor keeps log finite for zero (a lab at its detection limit); missing values are zeros too.
+        floor = torch.full_like(num, LOG_FLOOR)
+        return torch.where(self.is_log.to(num.device), torch.log(torch.maximum(num, floor)), num)
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> EncoderOutput:
         """One token per feature; the pad mask is True only for absent cases (missing values are tokens)."""
         num, cat = batch["num"], batch["cat"]
@@ -100,7 +114,7 @@ class TabularEncoder(nn.Module):
             raise ModelError(
                 "model.schema_mismatch", f"{num.shape[-1]} features, encoder has {len(self.feature_names)}"
             )
-        x_norm = ((num - self.norm_mean) / self.norm_std).clamp(-self.clip, self.clip)
+        x_norm = ((self.transform(num) - self.norm_mean) / self.norm_std).clamp(-self.clip, self.clip)
         numeric_tok = x_norm.unsqueeze(-1) * self.num_weight + self.num_bias
         cat_index = torch.where(self.is_numeric, torch.zeros_like(cat), cat + self.cat_offset)
         cat_tok = self.cat_embedding(cat_index)

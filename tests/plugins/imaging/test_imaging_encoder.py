@@ -10,6 +10,7 @@ import torch
 from imaging_dicom_factory import SeriesGeometry, folder_ref, hu_volume, make_plugin, write_ct_series
 
 from mmclinic.errors import ConfigError
+from mmclinic.model.frozen import frozen_outputs, replay_for
 from mmclinic.plugin_api import EncoderOutput, ImagingSpec, ModalityInput, TaskSpec
 
 # A smaller grid than the task default keeps the CPU forward passes in these tests quick.
@@ -45,8 +46,8 @@ def test_encoder_shapes_mask_and_size(tmp_path: Path) -> None:
     with torch.no_grad():
         out = encoder(batch)
     assert isinstance(out, EncoderOutput)
-    assert out.tokens.shape == (3, 8, 32)  # 2×2×2 regions
-    assert out.pad_mask.dtype == torch.bool and out.pad_mask.shape == (3, 8)
+    assert out.tokens.shape == (3, 9, 32)  # 2×2×2 regions + the lesion token
+    assert out.pad_mask.dtype == torch.bool and out.pad_mask.shape == (3, 9)
     assert out.pad_mask[1].all() and not out.pad_mask[0].any() and not out.pad_mask[2].any()
     assert float(out.tokens[1].abs().sum()) == 0.0  # absent case contributes nothing
     assert torch.isfinite(out.tokens).all()
@@ -68,9 +69,50 @@ def test_encoder_trains_and_token_grid_is_configurable() -> None:
     encoder = plugin.build_encoder(16, spec)
     batch = plugin.collate([_item(0.2, spec), None], spec)
     out = encoder(batch)
-    assert out.tokens.shape == (2, 32, 16)
+    assert out.tokens.shape == (2, 33, 16)
     loss = out.tokens[0].pow(2).mean() + out.extras["lesion_logits"][0].mean()
     loss.backward()
     grads = [p.grad for p in encoder.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     assert float(encoder.pos.grad.abs().sum()) > 0  # type: ignore[union-attr]
+
+
+def test_lesion_statistics_look_where_the_lesion_map_points() -> None:
+    from mmclinic_imaging_dicom.encoder import lesion_statistics
+
+    image = torch.full((2, 1, 16, 16, 8), 0.1)
+    image[:, :, 4:8, 4:8, 2:6] = 0.8  # a dense lesion in both cases
+    feats = torch.zeros(2, 3, 16, 16, 8)
+    feats[:, 1, 4:8, 4:8, 2:6] = 5.0  # a decoder channel that fires on the lesion
+    logits = torch.full((2, 1, 16, 16, 8), -20.0)
+    logits[0, :, 4:8, 4:8, 2:6] = 20.0  # case 0: the map finds the lesion
+    logits[1, :, 4:6, 4:6, 2:4] = 20.0  # case 1: it finds only a corner of it (smaller volume)
+    stats = lesion_statistics(logits, image, feats)
+    assert stats.shape == (2, 5 + 3)
+    top, _, log_volume, mean, spread = stats[:, :5].T
+    assert torch.allclose(top, torch.tensor([2.0, 2.0]))
+    assert torch.allclose(mean, torch.tensor([0.8, 0.8]), atol=1e-4)  # pooled inside the lesion only
+    assert float(spread.max()) < 1e-2
+    assert float(log_volume[0]) > float(log_volume[1]) + 1.0  # 64 vs 8 voxels
+    assert torch.allclose(stats[:, 5 + 1], torch.tensor([5.0, 5.0]), atol=1e-4)
+    # A case whose map finds nothing: low top logit, no volume.
+    empty = lesion_statistics(torch.full((1, 1, 16, 16, 8), -20.0), image[:1], feats[:1])
+    assert float(empty[0, 0]) == -2.0 and float(empty[0, 2]) < 1e-3
+
+
+def test_frozen_trunk_replay_trains_the_head_only() -> None:
+    torch.manual_seed(0)
+    plugin = make_plugin()
+    encoder = plugin.build_encoder(16, SPEC)
+    batch = plugin.collate([_item(0.2), _item(0.6)], SPEC)
+    with torch.no_grad():
+        cached = frozen_outputs(encoder, batch)
+        direct = encoder(batch)
+    assert set(cached) >= {"regions", "lesion_stats", "extra.lesion_logits", "present"}
+    replay = replay_for(encoder)
+    out = replay(cached)
+    assert torch.allclose(out.tokens, direct.tokens, atol=1e-6)
+    assert torch.equal(out.extras["lesion_logits"], direct.extras["lesion_logits"])
+    out.tokens.pow(2).mean().backward()
+    assert encoder.lesion_mlp[1].weight.grad is not None  # the head learns on cached trunk outputs
+    assert all(p.grad is None for p in encoder.unet.parameters())  # the trunk is not touched

@@ -113,3 +113,22 @@ def test_unfitted_prior_comes_from_declared_range() -> None:
     enc = _encoder()
     i = NAMES.index("age")
     assert enc.norm_mean[i].item() == 60.0 and enc.norm_std[i].item() == 30.0
+
+
+def test_log_scale_feature_is_normalised_and_embedded_in_log_space() -> None:
+    schema = tuple(FeatureSpec(f.name, f.type, f.unit, f.min, f.max, f.required, f.categories, f.description,
+                               "log" if f.name == "cea" else "linear") for f in SCHEMA)  # fmt: skip
+    spec = TaskSpec(name=SPEC.name, required_modalities=(), optional_modalities=(), labels=(), tabular_schema=schema)
+    torch.manual_seed(0)
+    enc = PLUGIN.build_encoder(D, spec)
+    values = [1.0, 10.0, 100.0, 0.0]
+    batch = PLUGIN.collate([PLUGIN.load(row(cea=str(v)), spec) for v in values], spec)
+    enc.fit_normalization([batch])
+    i = NAMES.index("cea")
+    logs = np.log(np.maximum(values, 1e-3))
+    assert enc.norm_mean[i].item() == pytest.approx(logs.mean(), rel=1e-5)
+    assert enc.norm_std[i].item() == pytest.approx(logs.std(), rel=1e-4)
+    out = enc(batch)
+    # Equal ratios give equal token steps (1 → 10 → 100), and a zero stays finite.
+    torch.testing.assert_close(out.tokens[1, i] - out.tokens[0, i], out.tokens[2, i] - out.tokens[1, i])
+    assert torch.isfinite(out.tokens).all()

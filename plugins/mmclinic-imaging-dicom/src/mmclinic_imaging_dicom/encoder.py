@@ -1,4 +1,4 @@
-"""CT encoder: a small MONAI BasicUNet giving region tokens (pooled bottleneck) and a voxel lesion-logit map."""
+"""CT encoder: a small MONAI BasicUNet giving region tokens, a lesion token and a voxel lesion-logit map."""
 
 from __future__ import annotations
 
@@ -11,13 +11,49 @@ from torch import nn
 
 from mmclinic.plugin_api import EncoderOutput
 
+# The fusion model adds a learned rare-class prior (starting at -6) to the lesion logits; the soft
+# lesion volume below uses the same starting value so that "mostly empty" reads as ~0 voxels.
+LESION_PRIOR_LOGIT = -6.0
+# Hand-made lesion statistics per case (see ``lesion_statistics``), before the learned projection.
+N_LESION_STATS = 5
+
+
+def lesion_statistics(logits: torch.Tensor, image: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``[B, N_LESION_STATS + C]``: what the lesion map says about the case, as one feature vector.
+
+    The case-level malignancy signal of a CT is in its most suspicious lesion (presence, size,
+    density, margin), which average-pooled bottleneck regions dilute to nothing in a 64×64×32 grid.
+    Here the lesion map decides where to look: soft attention over voxels by lesion logit pools the
+    intensity (mean and spread: part-solid lesions have a low-density rim) and the decoder features;
+    the top logits and the soft volume say whether there is a lesion and how large it is. The
+    attention weights are detached so the malignancy loss cannot bend the segmentation map.
+    """
+    # Sums over ~10⁵ voxels are split across threads in an order that depends on the thread count;
+    # in float64 that order no longer shows after the cast back to float32, so a Ray worker with one
+    # thread and a local engine with several give bit-identical statistics.
+    flat = logits.flatten(1).double()  # [B, V]
+    w = torch.softmax(flat.detach(), dim=1)
+    img = image.flatten(1).double()
+    mean = (w * img).sum(1)
+    spread = ((w * img * img).sum(1) - mean * mean).clamp_min(0.0).add(1e-6).sqrt()
+    top = flat.detach().topk(min(8, flat.shape[1]), dim=1).values
+    soft_volume = torch.sigmoid(flat.detach() + LESION_PRIOR_LOGIT).sum(1)
+    stats = torch.stack([top[:, 0] / 10.0, top.mean(1) / 10.0, torch.log1p(soft_volume), mean, spread], dim=1)
+    pooled = torch.einsum("bv,bcv->bc", w, feats.flatten(2).double())
+    return torch.cat([stats, pooled], dim=1).to(logits.dtype)
+
 
 class CtEncoder(nn.Module):
     """``forward({"image": [B,1,X,Y,Z], "present": bool[B]}) -> EncoderOutput``.
 
     Tokens: the bottleneck features average-pooled to ``token_grid`` regions, projected to ``d_model``,
-    plus a learned embedding per region (so fusion knows where a token comes from). Extras:
-    ``lesion_logits`` [B,1,X,Y,Z] from the U-Net decoder at input resolution.
+    plus a learned embedding per region (so fusion knows where a token comes from), then one lesion
+    token from ``lesion_statistics``. Extras: ``lesion_logits`` [B,1,X,Y,Z] from the U-Net decoder at
+    input resolution.
+
+    ``forward = head(trunk(batch))``: the trunk is the U-Net (the expensive, freezable part), the head
+    the small projections. A trainer that freezes the encoder caches the trunk's outputs and keeps
+    training the head, so the lesion token's projection still learns the malignancy signal.
     """
 
     def __init__(
@@ -30,15 +66,21 @@ class CtEncoder(nn.Module):
         # Instance norm keeps each case independent of the others in its batch (absent cases are zeros).
         self.unet = BasicUNet(spatial_dims=3, in_channels=1, out_channels=1, features=features, norm="instance")
         self.pool = nn.AdaptiveAvgPool3d(token_grid)
-        self.n_tokens = math.prod(token_grid)
+        self.n_regions = math.prod(token_grid)
+        self.n_tokens = self.n_regions + 1
         self.proj = nn.Linear(features[4], d_model)
         self.pos = nn.Parameter(torch.zeros(1, self.n_tokens, d_model))
         nn.init.trunc_normal_(self.pos, std=0.02)
+        n_stats = N_LESION_STATS + features[5]
+        # Statistics have different scales (logits, log-volume, intensities): normalise before the MLP.
+        self.lesion_mlp = nn.Sequential(
+            nn.LayerNorm(n_stats), nn.Linear(n_stats, d_model), nn.GELU(), nn.Linear(d_model, d_model)
+        )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, batch: dict[str, Any]) -> EncoderOutput:
+    def trunk(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The U-Net pass: pooled region features, lesion statistics and the lesion-logit map."""
         x = batch["image"]
-        present = batch["present"].to(device=x.device, dtype=torch.bool)
         u = self.unet
         # BasicUNet.forward returns only the logits; walking its stages exposes the bottleneck too.
         x0 = u.conv_0(x)
@@ -51,8 +93,23 @@ class CtEncoder(nn.Module):
         d = u.upcat_2(d, x1)
         d = u.upcat_1(d, x0)
         logits = u.final_conv(d)
-        tokens = self.pool(x4).flatten(2).transpose(1, 2)  # [B, N, C]
-        tokens = self.norm(self.proj(tokens) + self.pos)
+        return {
+            "regions": self.pool(x4).flatten(2).transpose(1, 2),  # [B, N, C]
+            "lesion_stats": lesion_statistics(logits, x, d),
+            "extra.lesion_logits": logits,
+            "present": batch["present"],
+        }
+
+    def head(self, trunk: dict[str, torch.Tensor]) -> EncoderOutput:
+        """Tokens from trunk outputs (cached or fresh); absent cases are all padding."""
+        regions = self.proj(trunk["regions"])
+        lesion = self.lesion_mlp(trunk["lesion_stats"]).unsqueeze(1)
+        tokens = self.norm(torch.cat([regions, lesion], dim=1) + self.pos)
+        present = trunk["present"].to(device=tokens.device, dtype=torch.bool)
         pad_mask = (~present)[:, None].expand(-1, self.n_tokens)
         tokens = tokens.masked_fill(pad_mask[..., None], 0.0)
-        return EncoderOutput(tokens=tokens, pad_mask=pad_mask, extras={"lesion_logits": logits})
+        extras = {k.removeprefix("extra."): v for k, v in trunk.items() if k.startswith("extra.")}
+        return EncoderOutput(tokens=tokens, pad_mask=pad_mask, extras=extras)
+
+    def forward(self, batch: dict[str, Any]) -> EncoderOutput:
+        return self.head(self.trunk(batch))
