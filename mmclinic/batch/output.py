@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmclinic.batch.journal import Failure
+from mmclinic.durable import fsync_path
 from mmclinic.errors import InputError
 
 FORMATS = (".parquet", ".csv")
@@ -97,14 +98,6 @@ def failure_row(f: Failure) -> dict[str, Any]:
     return {"case_id": f.key.case_id, "row": f.row, "reason": f.reason, "detail": f.detail, "retryable": not f.final}
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
     """Write rows to Parquet or CSV through a temporary file + rename: readers never see a half table."""
     cols = list(columns)
@@ -132,7 +125,7 @@ def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[tu
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _write_parquet(path: Path, rows: Sequence[dict[str, Any]], cols: Sequence[tuple[str, str]]) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mmclinic.case import sha256_bytes
+from mmclinic.durable import fsync_path
 from mmclinic.errors import ConflictError, InputError
 from mmclinic.store.models import Instance, Series, Study
 
@@ -80,22 +81,14 @@ def instance_path(data_dir: Path, inst: ParsedInstance) -> Path:
     return data_dir / "dicom" / study[:2] / study[:32] / series / f"{sop}.dcm"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_together(fd: int, folders: list[Path]) -> None:
     """fsync ``fd`` here and each folder on a pool thread at the same time; returns when all are done."""
     try:
-        pending = [io_pool().submit(_fsync_path, d) for d in dict.fromkeys(folders)]
+        pending = [io_pool().submit(fsync_path, d) for d in dict.fromkeys(folders)]
     except RuntimeError:  # interpreter shutting down: no new pool work, do it in turn
         os.fsync(fd)
         for d in dict.fromkeys(folders):
-            _fsync_path(d)
+            fsync_path(d)
         return
     try:
         os.fsync(fd)

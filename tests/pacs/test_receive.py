@@ -102,7 +102,7 @@ def test_file_and_folders_are_fsynced_before_success(
 
     synced_dirs: list[Path] = []
     synced_fds: list[int] = []
-    real_fsync_path, real_fsync = dicomstore._fsync_path, os.fsync
+    real_fsync_path, real_fsync = dicomstore.fsync_path, os.fsync
 
     def fsync_path(p: Path) -> None:
         synced_dirs.append(Path(p))
@@ -112,7 +112,7 @@ def test_file_and_folders_are_fsynced_before_success(
         synced_fds.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(dicomstore, "_fsync_path", fsync_path)
+    monkeypatch.setattr(dicomstore, "fsync_path", fsync_path)
     monkeypatch.setattr(dicomstore.os, "fsync", fsync)
     r = _receiver(store)
     assert r.store(study_files[0].read_bytes(), "s1", "c").status == 0
