@@ -30,6 +30,12 @@ def train_cmd(
         help="Two-phase schedule: end-to-end epochs before the imaging encoder is frozen (0: never).",
     ),
     phase1_cases: int = typer.Option(0, "--phase1-cases", help="Training cases used in phase 1 (0: all)."),
+    init_from: str = typer.Option(
+        "", "--init-from", help="Warm start: copy the imaging encoder from this checkpoint, run folder or task."
+    ),
+    freeze_init: bool = typer.Option(
+        False, "--freeze-init", help="Freeze the copied encoder from epoch 1 (a trunk/head encoder trains its head)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     cache: Path | None = typer.Option(None, "--cache", help="Input cache folder (default RUN/cache); shareable."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from RUN/last.pt when present."),
@@ -51,6 +57,8 @@ def train_cmd(
         max_minutes=max_minutes,
         freeze_after=freeze_after,
         phase1_cases=phase1_cases,
+        init_from=init_from,
+        freeze_init=freeze_init,
         device=device,
     )
     res = train(manifest, out, cfg, cache_dir=cache, resume=resume)

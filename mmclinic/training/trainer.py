@@ -16,13 +16,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmclinic.case import IMAGING, Case
-from mmclinic.engine.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from mmclinic.case import IMAGING, Case, sha256_file
+from mmclinic.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    plugin_versions_compatible,
+    read_checkpoint,
+    save_checkpoint,
+    spec_to_dict,
+)
 from mmclinic.engine.device import autocast, resolve_device
-from mmclinic.engine.engine import T_MALIGNANT, T_TUMOR, InferenceEngine
+from mmclinic.engine.engine import T_MALIGNANT, T_TUMOR, InferenceEngine, resolve_model_path
 from mmclinic.engine.factory import model_meta, new_model, task_parts
 from mmclinic.engine.geometry import voxel_to_patient
-from mmclinic.errors import ConfigError, InputError
+from mmclinic.errors import ConfigError, InputError, ModelError
 from mmclinic.logs import event
 from mmclinic.model.batching import to_device
 from mmclinic.model.calibration import fit_temperature
@@ -74,6 +80,12 @@ class TrainConfig:
     freeze_after: int = 0
     freeze_modalities: tuple[str, ...] = ("imaging",)
     phase1_cases: int = 0
+    # Warm start: copy the encoders of ``init_modalities`` from this checkpoint (a file, a run folder or
+    # a task name) before training. With ``freeze_init`` they are frozen from the first epoch, which
+    # lets several models share one CT encoder without each paying for end-to-end CNN epochs.
+    init_from: str = ""
+    init_modalities: tuple[str, ...] = ("imaging",)
+    freeze_init: bool = False
     device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +93,7 @@ class TrainConfig:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
         d["freeze_modalities"] = list(self.freeze_modalities)
+        d["init_modalities"] = list(self.init_modalities)
         return d
 
 
@@ -113,6 +126,7 @@ class Trainer:
             modality_dropout=cfg.modality_dropout,
         )
         self.modalities = self.model.cfg.modalities
+        self.init_record = self._init_encoders() if cfg.init_from else {}
         self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by their replay
         self.cache_stats: dict[str, int] = {}
         self.detection = DetectionConfig()
@@ -120,6 +134,39 @@ class Trainer:
         self.prep_engine = InferenceEngine(
             self.model, {}, self.parts.task, self.parts.plugins, self.device, weights_sha256=""
         )
+
+    def _init_encoders(self) -> dict[str, Any]:
+        """Copy encoder weights from ``cfg.init_from``; ModelError when its plugins or spec do not match."""
+        cfg = self.cfg
+        path = resolve_model_path(cfg.init_from, self.registry)
+        payload = read_checkpoint(path)
+        meta, state = payload["meta"], payload["state_dict"]
+        copied: dict[str, int] = {}
+        for m in cfg.init_modalities:
+            if m not in self.modalities:
+                continue
+            plugin = self.parts.plugins[m]
+            want = meta["plugins"].get(m)
+            if (
+                want is None
+                or want["name"] != plugin.name
+                or not plugin_versions_compatible(want["version"], plugin.version)
+            ):
+                raise ModelError(
+                    "train.init_mismatch",
+                    f"{path.name}: {m} encoder is from {want}, installed {plugin.name} {plugin.version}",
+                )
+            if m == IMAGING and meta["spec"].get("imaging") != spec_to_dict(self.parts.spec).get("imaging"):
+                raise ModelError("train.init_mismatch", f"{path.name}: imaging grid differs from the task's")
+            prefix = f"encoders.{m}."
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            self.model.encoders[m].load_state_dict(sub, strict=True)
+            copied[m] = len(sub)
+        if not copied:
+            raise ConfigError("train.init_nothing", f"none of {list(cfg.init_modalities)} is a modality of this run")
+        record = {"checkpoint": path.name, "sha256": sha256_file(path), "modalities": sorted(copied)}
+        event(log, "train.init_from", checkpoint=path.name, sha=record["sha256"][:12], modalities=sorted(copied))
+        return record
 
     # -- data -------------------------------------------------------------------------------------
     def batch(self, exs: list[Example]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
@@ -220,6 +267,7 @@ class Trainer:
             "n_val": len(val),
             "rejected": len(rejected),
             "pos_weight": pos_weight.tolist(),
+            "init_from": self.init_record,
         }
         if resume and (self.out / LAST).is_file():
             state = self._resume(opt, sched)
@@ -230,7 +278,7 @@ class Trainer:
             epoch = state["epoch"] + 1
             t0 = time.monotonic()
             in_phase1 = 0 < epoch <= cfg.freeze_after
-            if cfg.freeze_after and not in_phase1 and not self._real:
+            if (cfg.freeze_init or (cfg.freeze_after and not in_phase1)) and not self._real:
                 self._freeze(train + val)
             train_loss = self._epoch(phase1 if in_phase1 else train, opt, pos_weight, epoch)
             sched.step()
@@ -264,7 +312,7 @@ class Trainer:
 
     def _phase1_subset(self, train: list[Example]) -> list[Example]:
         n = self.cfg.phase1_cases
-        if not self.cfg.freeze_after or n <= 0 or n >= len(train):
+        if not self.cfg.freeze_after or self.cfg.freeze_init or n <= 0 or n >= len(train):
             return train
         idx = np.random.default_rng(self.cfg.seed).choice(len(train), size=n, replace=False)
         return [train[i] for i in sorted(idx)]

@@ -10,8 +10,10 @@ import pytest
 import torch
 from toy_plugins import ToyImagingEncoder, toy_cohort, toy_registry
 
+from mmclinic.case import sha256_file
 from mmclinic.engine import InferenceEngine
 from mmclinic.engine.checkpoint import read_checkpoint
+from mmclinic.errors import ConfigError, ModelError
 from mmclinic.training.evaluate import evaluate
 from mmclinic.training.trainer import TrainConfig, Trainer, train
 
@@ -120,6 +122,37 @@ def test_two_phase_training_keeps_frozen_encoder_fixed(
     InferenceEngine.load(out, device="cpu", registry=toy_registry())  # real encoder weights were saved
 
 
+def test_init_from_copies_and_freezes_the_imaging_encoder(tmp_path: Path, trained: Path, cohort: Any) -> None:
+    source = read_checkpoint(trained / "model.pt")["state_dict"]
+    imaging = {k: v for k, v in source.items() if k.startswith("encoders.imaging.")}
+    out = tmp_path / "warm"
+    cfg = _cfg(epochs=2, modalities=("imaging",), init_from=str(trained), freeze_init=True)
+    trainer = Trainer(cfg, out, registry=toy_registry(), progress=False)
+    copied = trainer.model.state_dict()
+    assert all(torch.equal(copied[k], v) for k, v in imaging.items())  # an exact copy before training
+    trainer.run(cohort)
+    meta = read_checkpoint(out / "model.pt")["meta"]
+    assert meta["training"]["init_from"]["modalities"] == ["imaging"]
+    assert meta["training"]["init_from"]["sha256"] == sha256_file(trained / "model.pt")
+    last = read_checkpoint(out / "last.pt")["state_dict"]
+    for k, v in imaging.items():
+        # Frozen from epoch 1: the trunk keeps the copied weights, the head (proj) trains on.
+        assert torch.equal(last[k], v) == (not k.startswith("encoders.imaging.proj.")), k
+
+
+def test_init_from_a_mismatched_checkpoint_is_refused(tmp_path: Path, trained: Path, cohort: Any) -> None:
+    payload = torch.load(trained / "model.pt", weights_only=True)
+    payload["meta"]["plugins"]["imaging"]["version"] = "9.0.0"
+    torch.save(payload, tmp_path / "other.pt")
+    with pytest.raises(ModelError) as exc:
+        Trainer(_cfg(init_from=str(tmp_path / "other.pt")), tmp_path / "x", registry=toy_registry(), progress=False)
+    assert exc.value.reason == "train.init_mismatch"
+    with pytest.raises(ConfigError) as err:
+        cfg = _cfg(modalities=("tabular",), init_from=str(trained))
+        Trainer(cfg, tmp_path / "y", registry=toy_registry(), progress=False)
+    assert err.value.reason == "train.init_nothing"
+
+
 def test_evaluate_report_with_ablation_detection_and_comparison(tmp_path: Path, trained: Path, cohort: Any) -> None:
     single = tmp_path / "tab_only"
     train(cohort, single, _cfg(epochs=3, modalities=("tabular",)), registry=toy_registry(), progress=False)
@@ -148,7 +181,6 @@ def test_evaluate_report_with_ablation_detection_and_comparison(tmp_path: Path, 
 
 
 def test_bundle_writes_weights_card_and_goals(tmp_path: Path, trained: Path) -> None:
-    from mmclinic.case import sha256_file
     from mmclinic.training.model_card import bundle, record_goals
 
     report_dir = tmp_path / "report"

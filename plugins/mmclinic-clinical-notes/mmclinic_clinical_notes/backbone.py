@@ -61,6 +61,13 @@ class TokenizerInfo:
         ids = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         return [int(i) for i in ids]
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """Content token ids of each text (one tokenizer call), never truncated."""
+        if not texts:
+            return []
+        out = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        return [[int(i) for i in ids] for ids in out]
+
 
 def get_tokenizer(path: Path) -> TokenizerInfo:
     """Cached tokenizer for a model folder."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,12 +35,26 @@ class NotesConfig(BaseModel):
 
     # A local Hugging Face model folder (e.g. a clinical BERT); None = the bundled all-MiniLM-L6-v2.
     model_path: Path | None = None
-    # Window length in tokens, special tokens included; must not exceed the model's position limit.
+    # What one pooled state stands for. "sentence": every sentence (or clause ending in ";" or ":") is
+    # encoded on its own and mean-pooled, the way all-MiniLM-L6-v2 was trained to embed text; the
+    # attention pooling then chooses among ~10² sentence states instead of ~10³ token states. On the
+    # synthetic cohort this took a notes-only model from AUROC 0.60 (token states) to 0.76.
+    # "window": overlapping windows over each whole note, one state per token.
+    unit: Literal["sentence", "window"] = "sentence"
+    # unit=sentence: longest piece in tokens, special tokens included; a longer sentence is cut into
+    # consecutive pieces of this length (nothing is dropped).
+    max_sentence_length: int = Field(default=128, ge=8)
+    # unit=sentence: bounds compute and memory for one case (over the cap -> notes.too_large).
+    max_sentences_per_case: int = Field(default=1024, ge=1)
+    # unit=sentence: states of this many distinct sentence pieces are kept per process (about 1.7 kB
+    # each with MiniLM); templated sentences recur across notes and patients. 0 disables the cache.
+    sentence_cache_size: int = Field(default=50_000, ge=0)
+    # unit=window: window length in tokens, special tokens included; must not exceed the model's position limit.
     window_length: int = Field(default=256, ge=8)
     # Step between window starts in content tokens; must be <= the window's content length so no token is skipped.
     window_stride: int = Field(default=192, ge=1)
     max_note_bytes: int = Field(default=64 * 1024, ge=1)
-    # Bounds compute and memory for one case (a case over the cap is rejected as notes.too_large).
+    # unit=window: bounds compute and memory for one case (over the cap -> notes.too_large).
     max_windows_per_case: int = Field(default=128, ge=1)
     # N > 0 fine-tunes the top N transformer layers; precompute then stops below them.
     finetune_top_layers: int = Field(default=0, ge=0)
@@ -49,7 +64,8 @@ class NotesConfig(BaseModel):
     # Width of the attention pooling (token states are projected down to it first).
     pool_dim: int = Field(default=64, ge=4)
     note_types: tuple[str, ...] = DEFAULT_NOTE_TYPES
-    # Windows per backbone call inside precompute (bounds peak memory on long cases).
+    # Backbone calls inside precompute take at most window_batch_size × window_length tokens (padding
+    # included), which bounds peak memory on long cases.
     window_batch_size: int = Field(default=32, ge=1)
 
     @model_validator(mode="after")

@@ -1,11 +1,13 @@
-"""Notes encoder: frozen transformer over windows (precompute) -> owned token states -> attention pooling to K tokens.
+"""Notes encoder: frozen transformer (precompute) -> sentence or token states -> attention pooling to K tokens.
 
 Batch formats (every tensor has the case axis first, and zero / False is padding on every other
-axis, so the trainer can cache ``precompute`` output per case and re-stack it by zero-padding):
+axis, so the trainer can cache ``precompute`` output per case and re-stack it by zero-padding).
+A "window" below is one model sequence: a sentence piece (unit=sentence) or an overlapping window.
 
-* collated: ``input_ids`` / ``attention_mask`` long [B, W, T], ``keep_mask`` bool [B, W, T] (tokens a
-  window owns), ``window_type`` long [B, W], ``present`` bool [B];
-* precomputed, all layers frozen: ``token_states`` float [B, L, H], ``token_valid`` bool [B, L],
+* collated: ``input_ids`` / ``attention_mask`` long [B, W, T], ``keep_mask`` bool [B, W, T] (content
+  tokens a window owns), ``window_type`` long [B, W], ``present`` bool [B];
+* precomputed, all layers frozen: ``token_states`` float [B, L, H] (one state per sentence piece, the
+  mean of its content tokens, or one per owned token), ``token_valid`` bool [B, L],
   ``token_type`` long [B, L], ``present``;
 * precomputed with ``finetune_top_layers = N > 0``: ``hidden`` float [B, W, T, H] (output of the frozen
   layers), ``attention_mask``, ``keep_mask``, ``window_type``, ``present``.
@@ -33,6 +35,7 @@ from mmclinic_clinical_notes.backbone import (
     weights_sha256,
 )
 from mmclinic_clinical_notes.config import NotesConfig
+from mmclinic_clinical_notes.piece_cache import piece_cache
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +107,10 @@ class NotesEncoder(nn.Module):
             return out
         model = self._frozen_model(ids.device)
         lengths = mask.sum(-1)
-        # Length-sorted chunks trimmed to their own longest window: short final windows do not pay
-        # for the batch's longest one.
+        # Length-sorted chunks trimmed to their own longest window: short windows (and sentences) do
+        # not pay for the batch's longest one, and a token budget bounds each call's memory.
         order = torch.argsort(lengths, descending=True)
-        for chunk in torch.split(order, self.config.window_batch_size):
+        for chunk in self._chunks(order, lengths):
             t_max = int(lengths[chunk].max())
             c_ids, c_mask = ids[chunk, :t_max], mask[chunk, :t_max]
             if self.top_layers:
@@ -120,6 +123,18 @@ class NotesEncoder(nn.Module):
             out[chunk, :t_max] = hidden.float() * c_mask.unsqueeze(-1)
         return out
 
+    def _chunks(self, order: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """Split length-sorted (longest first) windows into calls of at most the token budget, padding included."""
+        budget = self.config.window_batch_size * self.config.window_length
+        chunks: list[torch.Tensor] = []
+        start, n = 0, int(order.shape[0])
+        while start < n:
+            longest = max(int(lengths[order[start]]), 1)
+            size = max(1, min(n - start, budget // longest))
+            chunks.append(order[start : start + size])
+            start += size
+        return chunks
+
     @torch.no_grad()
     def precompute(self, batch: Batch) -> Batch:
         """Run the frozen layers (deterministic, no grad); idempotent on an already precomputed batch."""
@@ -127,6 +142,9 @@ class NotesEncoder(nn.Module):
             return batch
         ids, mask, keep = batch["input_ids"], batch["attention_mask"], batch["keep_mask"]
         valid = mask.bool().any(-1)
+        if self.config.unit == "sentence" and not self.top_layers:
+            states = self._piece_states(ids[valid], mask[valid], keep[valid])
+            return self._gather(states, batch["window_type"][valid], valid.sum(1), batch["present"])
         hidden = self._run_frozen(ids[valid], mask[valid])
         if self.top_layers:
             full = torch.zeros(*ids.shape, self.hidden_size, device=ids.device)
@@ -138,17 +156,63 @@ class NotesEncoder(nn.Module):
                 "window_type": batch["window_type"],
                 "present": batch["present"],
             }
-        return self._owned_tokens(hidden, valid, keep, batch["window_type"], batch["present"])
+        return self._states(hidden, valid, keep, batch["window_type"], batch["present"])
 
-    def _owned_tokens(
+    def _piece_states(self, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """One state per sentence piece ``[n, H]``: the mean of the frozen model's content-token states.
+
+        Each distinct piece runs once, in a call with only pieces of its exact length, so there is
+        no padding and its state does not depend on which other text shares the call. Templated
+        text repeats across notes and patients, so states are also kept in a bounded cache.
+        """
+        n = ids.shape[0]
+        out = torch.zeros(n, self.hidden_size, device=ids.device)
+        if n == 0:
+            return out
+        model = self._frozen_model(ids.device)
+        cache = piece_cache(self.config.sentence_cache_size)
+        scope = (str(self.model_path), id(model), torch.is_autocast_enabled(ids.device.type))
+        lengths = mask.sum(-1).tolist()
+        rows: dict[tuple[int, ...], list[int]] = {}
+        for i, length in enumerate(lengths):
+            rows.setdefault(tuple(ids[i, :length].tolist()), []).append(i)
+        todo: dict[int, list[tuple[int, ...]]] = {}
+        for key, where in rows.items():
+            hit = cache.get(scope, key)
+            if hit is None:
+                todo.setdefault(len(key), []).append(key)
+            else:
+                out[where] = hit.to(out.device)
+        budget = self.config.window_batch_size * self.config.window_length
+        for length, keys in sorted(todo.items()):
+            keep_row = keep[rows[keys[0]][0], :length].to(torch.float32)  # same layout for every piece of a length
+            for start in range(0, len(keys), max(1, budget // length)):
+                chunk = keys[start : start + max(1, budget // length)]
+                x = torch.tensor(chunk, dtype=torch.long, device=ids.device)
+                hidden = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state.float()
+                states = (hidden * keep_row[None, :, None]).sum(1) / keep_row.sum().clamp(min=1.0)
+                for key, state in zip(chunk, states, strict=True):
+                    out[rows[key]] = state
+                    cache.put(scope, key, state.detach().cpu())
+        return out
+
+    def _states(
         self, hidden: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, window_type: torch.Tensor, present: Any
     ) -> Batch:
-        """Gather each case's owned token states (each content token once) into ``[B, L, H]``."""
-        b = valid.shape[0]
+        """Each case's states into ``[B, L, H]``: one per sentence piece, or one per owned content token."""
         keep_flat = keep[valid]  # [n, T], windows in (case, window) order
+        if self.config.unit == "sentence":
+            # Mean over the piece's content tokens: the sentence embedding the backbone was trained for.
+            w = keep_flat.unsqueeze(-1).to(hidden.dtype)
+            states = (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
+            return self._gather(states, window_type[valid], valid.sum(1), present)
         states = hidden[keep_flat]
         types = window_type[valid].unsqueeze(-1).expand_as(keep_flat)[keep_flat]
-        counts = keep.flatten(1).sum(1)
+        return self._gather(states, types, keep.flatten(1).sum(1), present)
+
+    def _gather(self, states: torch.Tensor, types: torch.Tensor, counts: torch.Tensor, present: Any) -> Batch:
+        """Split ``states`` [n, H] (case-major) into zero-padded ``[B, L, H]`` by per-case ``counts``."""
+        b = counts.shape[0]
         parts = list(torch.split(states, counts.tolist()))
         type_parts = list(torch.split(types, counts.tolist()))
         # At least one (padding) position so that shapes stay valid when every case is absent.
@@ -171,7 +235,7 @@ class NotesEncoder(nn.Module):
             h, m = h[:, :t_max], m[:, :t_max]
             h = run_layers(self.top_layers, h, attention_mask_for_layers(self.hf_config, h, m)) * m.unsqueeze(-1)
             keep = keep[:, :, :t_max]
-        return self._owned_tokens(h, valid, keep, batch["window_type"], batch["present"])
+        return self._states(h, valid, keep, batch["window_type"], batch["present"])
 
     def forward(self, batch: Batch) -> EncoderOutput:
         """Pooled text tokens; accepts a collated or a precomputed batch."""
@@ -200,7 +264,11 @@ class NotesEncoder(nn.Module):
     # -- checkpoints -------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"backbone_sha256": self.backbone_sha256, "finetune_top_layers": self.config.finetune_top_layers}
+        return {
+            "backbone_sha256": self.backbone_sha256,
+            "finetune_top_layers": self.config.finetune_top_layers,
+            "unit": self.config.unit,
+        }
 
     def set_extra_state(self, state: Any) -> None:
         want = state.get("backbone_sha256") if isinstance(state, dict) else None
@@ -208,4 +276,11 @@ class NotesEncoder(nn.Module):
             raise ModelError(
                 "model.backbone_mismatch",
                 f"checkpoint's notes backbone is {str(want)[:12]}, the configured one {self.backbone_sha256[:12]}",
+            )
+        # Pooling weights learnt over sentence states mean nothing over token states, and back.
+        unit = state.get("unit", "window")  # checkpoints from before the option pooled tokens
+        if unit != self.config.unit:
+            raise ModelError(
+                "model.notes_unit_mismatch",
+                f"checkpoint's notes encoder pools {unit} states, the plugin is configured for unit={self.config.unit}",
             )

@@ -17,7 +17,13 @@ from mmclinic_clinical_notes import __version__
 from mmclinic_clinical_notes.backbone import TokenizerInfo, get_tokenizer, resolve_model_path
 from mmclinic_clinical_notes.config import NotesConfig, note_type_key
 from mmclinic_clinical_notes.encoder import NotesEncoder
-from mmclinic_clinical_notes.windows import decode_note, split_windows, window_inputs
+from mmclinic_clinical_notes.windows import (
+    decode_note,
+    sentence_inputs,
+    split_sentences,
+    split_windows,
+    window_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ def _note_list(ref: Any) -> list[NoteRef]:
 
 
 class ClinicalNotesPlugin(ModalityPlugin):
-    """Clinical notes -> overlapping token windows -> frozen transformer -> attention-pooled text tokens."""
+    """Clinical notes -> sentences (or windows) -> frozen transformer -> attention-pooled text tokens."""
 
     name: ClassVar[str] = "clinical-notes"
     version: ClassVar[str] = __version__
@@ -51,6 +57,15 @@ class ClinicalNotesPlugin(ModalityPlugin):
     def tokenizer(self) -> TokenizerInfo:
         """The configured model's tokenizer; ConfigError when windows do not fit the model."""
         info = get_tokenizer(resolve_model_path(self.cfg.model_path))
+        if self.cfg.unit == "sentence":
+            if self.cfg.max_sentence_length > info.max_positions:
+                raise ConfigError(
+                    "notes.sentence_too_long",
+                    f"max_sentence_length {self.cfg.max_sentence_length} > model limit {info.max_positions}",
+                )
+            if self.cfg.max_sentence_length <= len(info.prefix) + len(info.suffix):
+                raise ConfigError("notes.sentence_too_short", "max_sentence_length leaves no room for content")
+            return info
         if self.cfg.window_length > info.max_positions:
             raise ConfigError(
                 "notes.window_too_long", f"window_length {self.cfg.window_length} > model limit {info.max_positions}"
@@ -60,8 +75,17 @@ class ClinicalNotesPlugin(ModalityPlugin):
         return info
 
     def content_length(self, info: TokenizerInfo) -> int:
-        """Content tokens per window (the window minus the model's special tokens)."""
-        return self.cfg.window_length - len(info.prefix) - len(info.suffix)
+        """Content tokens per model sequence (a window or a sentence piece, minus the special tokens)."""
+        length = self.cfg.max_sentence_length if self.cfg.unit == "sentence" else self.cfg.window_length
+        return length - len(info.prefix) - len(info.suffix)
+
+    def _sequences(self, info: TokenizerInfo, text: str, ids: list[int]) -> list[tuple[list[int], list[bool]]]:
+        """Model inputs of one note: its sentence pieces, or its overlapping windows."""
+        content = self.content_length(info)
+        if self.cfg.unit == "sentence":
+            return sentence_inputs(info.encode_many(split_sentences(text)), content, info.prefix, info.suffix)
+        windows = split_windows(len(ids), content, self.cfg.window_stride)
+        return window_inputs(ids, windows, info.prefix, info.suffix)
 
     def load(self, ref: Any, spec: TaskSpec) -> ModalityInput:
         """Validate, tokenize and window one case's notes; zero notes is an absent modality (no data)."""
@@ -70,7 +94,8 @@ class ClinicalNotesPlugin(ModalityPlugin):
         if not notes:
             return ModalityInput(NOTES, data={}, fingerprint={}, summary={"n_notes": 0, "present": False})
         info = self.tokenizer()
-        content = self.content_length(info)
+        sentences = cfg.unit == "sentence"
+        cap = cfg.max_sentences_per_case if sentences else cfg.max_windows_per_case
         type_index = {note_type_key(t): i + 1 for i, t in enumerate(cfg.note_types)}
         seqs: list[list[int]] = []
         keeps: list[list[bool]] = []
@@ -82,13 +107,11 @@ class ClinicalNotesPlugin(ModalityPlugin):
             ids = info.encode(text)
             if not ids:  # only characters the tokenizer drops (control / zero-width)
                 raise InputError("notes.empty", f"note {i}: no tokens")
-            windows = split_windows(len(ids), content, cfg.window_stride)
-            if len(seqs) + len(windows) > cfg.max_windows_per_case:
-                raise InputError(
-                    "notes.too_large",
-                    f"case needs more than {cfg.max_windows_per_case} windows of {cfg.window_length} tokens",
-                )
-            for seq, keep in window_inputs(ids, windows, info.prefix, info.suffix):
+            sequences = self._sequences(info, text, ids)
+            if len(seqs) + len(sequences) > cap:
+                what = "sentences" if sentences else f"windows of {cfg.window_length} tokens"
+                raise InputError("notes.too_large", f"case needs more than {cap} {what}")
+            for seq, keep in sequences:
                 seqs.append(seq)
                 keeps.append(keep)
                 types.append(type_index.get(note_type_key(note.note_type), 0))
@@ -100,7 +123,7 @@ class ClinicalNotesPlugin(ModalityPlugin):
                     "note_date": note.note_date.isoformat() if note.note_date else None,
                     "bytes": len(note.data),
                     "tokens": len(ids),
-                    "windows": len(windows),
+                    "windows": len(sequences),
                 }
             )
         # Combined over the ordered per-note digests, so it changes when any note or the order changes.
@@ -118,9 +141,13 @@ class ClinicalNotesPlugin(ModalityPlugin):
             "n_notes": len(notes),
             "present": True,
             "total_tokens": sum(n["tokens"] for n in per_note),
+            "unit": cfg.unit,
             "total_windows": len(seqs),
-            "window_length": cfg.window_length,
-            "window_stride": cfg.window_stride,
+            **(
+                {"max_sentence_length": cfg.max_sentence_length}
+                if sentences
+                else {"window_length": cfg.window_length, "window_stride": cfg.window_stride}
+            ),
             "notes": per_note,
         }
         event(log, "notes.loaded", n_notes=len(notes), tokens=summary["total_tokens"], windows=len(seqs))

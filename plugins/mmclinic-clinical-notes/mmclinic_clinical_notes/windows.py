@@ -1,7 +1,8 @@
-"""Note validation (bytes -> text) and overlapping-window splitting where every token has exactly one owner."""
+"""Note validation (bytes -> text), sentence splitting, and overlapping windows where every token has one owner."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mmclinic.errors import InputError
@@ -65,4 +66,31 @@ def window_inputs(
         keep += [w.own_start <= p < w.own_end for p in range(w.start, w.end)]
         keep += [False] * len(suffix)
         out.append((seq, keep))
+    return out
+
+
+# A sentence ends at . ! ? ; or : followed by white space, or at a line break. Clauses ending in ";"
+# or ":" count as sentences because notes list findings that way ("INDICATION: smoker; hemoptysis").
+# Decimals ("2.5 mg") and times ("10:30") have no space after the mark and stay whole.
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\s*\n\s*")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Non-empty sentences of ``text`` in order; joining them with spaces loses only white space."""
+    return [s for s in (part.strip() for part in _SENTENCE_END.split(text)) if s]
+
+
+def sentence_inputs(
+    sentence_ids: list[list[int]], content_length: int, prefix: tuple[int, ...], suffix: tuple[int, ...]
+) -> list[tuple[list[int], list[bool]]]:
+    """Per piece: model input ids and keep flags (content tokens); a long sentence is cut into pieces."""
+    if content_length < 1:
+        raise ValueError(f"content_length must be >= 1, got {content_length}")
+    out: list[tuple[list[int], list[bool]]] = []
+    for ids in sentence_ids:
+        for start in range(0, len(ids), content_length):
+            piece = ids[start : start + content_length]
+            out.append(
+                ([*prefix, *piece, *suffix], [False] * len(prefix) + [True] * len(piece) + [False] * len(suffix))
+            )
     return out

@@ -23,7 +23,7 @@ def spec() -> TaskSpec:
 @pytest.fixture(scope="session")
 def config() -> NotesConfig:
     # Short windows keep the tests fast and make a few hundred tokens span several windows.
-    return NotesConfig(window_length=64, window_stride=40)
+    return NotesConfig(unit="window", window_length=64, window_stride=40)
 
 
 @pytest.fixture(scope="session")

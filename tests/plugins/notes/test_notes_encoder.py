@@ -104,7 +104,7 @@ def test_note_type_embedding_changes_tokens(encoder: NotesEncoder, plugin: Clini
 
 
 def test_finetune_top_layers(encoder: NotesEncoder, batch: dict[str, torch.Tensor], spec: TaskSpec) -> None:
-    cfg = NotesConfig(window_length=64, window_stride=40, finetune_top_layers=2)
+    cfg = NotesConfig(unit="window", window_length=64, window_stride=40, finetune_top_layers=2)
     tuned = ClinicalNotesPlugin(cfg).build_encoder(D_MODEL, spec)
     assert isinstance(tuned, NotesEncoder) and len(tuned.top_layers) == 2
     # Same pooling weights as the frozen encoder: with untouched top layers the outputs agree.
@@ -116,7 +116,9 @@ def test_finetune_top_layers(encoder: NotesEncoder, batch: dict[str, torch.Tenso
     out = tuned(pre)
     with torch.no_grad():
         torch.testing.assert_close(out.tokens, encoder(batch).tokens, atol=1e-4, rtol=1e-4)
-    out.tokens.sum().backward()
+    # Not tokens.sum(): the output LayerNorm makes that sum constant, so its gradient is float noise.
+    weights = torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(0))
+    (out.tokens * weights).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned.top_layers.parameters() if p.dim() > 1)
     frozen = get_model(tuned.model_path)
     assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
@@ -140,10 +142,18 @@ def test_checkpoint_holds_only_trainable_part_and_checks_backbone(encoder: Notes
     with pytest.raises(ModelError) as exc:
         fresh.load_state_dict(bad)
     assert exc.value.reason == "model.backbone_mismatch"
+    # Pooling trained over token states (this fixture) is refused by a sentence-unit encoder.
+    sentence = NotesEncoder(encoder.config.model_copy(update={"unit": "sentence"}), D_MODEL, K)
+    with pytest.raises(ModelError) as exc:
+        sentence.load_state_dict(state)
+    assert exc.value.reason == "model.notes_unit_mismatch"
+    legacy = dict(state)
+    legacy["_extra_state"] = {"backbone_sha256": encoder.backbone_sha256, "finetune_top_layers": 0}
+    fresh.load_state_dict(legacy)  # written before the option existed: token states, accepted by unit=window
 
 
 def test_int8_agrees_with_fp32(encoder: NotesEncoder, spec: TaskSpec) -> None:
-    cfg8 = NotesConfig(window_length=64, window_stride=40, quantize_int8=True)
+    cfg8 = NotesConfig(unit="window", window_length=64, window_stride=40, quantize_int8=True)
     plugin8 = ClinicalNotesPlugin(cfg8)
     enc8 = plugin8.build_encoder(D_MODEL, spec)
     enc8.load_state_dict(encoder.state_dict())
@@ -154,11 +164,15 @@ def test_int8_agrees_with_fp32(encoder: NotesEncoder, spec: TaskSpec) -> None:
     batch = plugin8.collate(items, spec)
     with torch.no_grad():
         fp32, int8 = encoder(batch), enc8(batch)
-    assert any(type(m).__name__.endswith("DynamicLinear") for m in get_model(enc8.model_path, "int8").modules())
+    dynamic = torch.ao.nn.quantized.dynamic.Linear  # the full-range subclass too (CPUs with VNNI)
+    assert any(isinstance(m, dynamic) for m in get_model(enc8.model_path, "int8").modules())
     assert not torch.equal(fp32.extras["mean_state"], int8.extras["mean_state"])  # really a different path
     mean_cos = cosine_similarity(fp32.extras["mean_state"], int8.extras["mean_state"], dim=-1).mean()
     valid = ~fp32.pad_mask
     token_cos = cosine_similarity(fp32.tokens[valid], int8.tokens[valid], dim=-1).mean()
     print(f"int8 agreement: mean-pooled {mean_cos:.4f}, pooled tokens {token_cos:.4f}")
-    assert mean_cos >= 0.99, f"mean-pooled cosine {mean_cos:.4f}"
-    assert token_cos >= 0.99, f"pooled-token cosine {token_cos:.4f}"
+    # Full-range activations need VNNI (int32 accumulation); without it PyTorch halves the activation
+    # range and agreement drops to about 0.97-0.98 (measured 0.978 / 0.988 on a CPU without VNNI).
+    bound = 0.99 if torch.cpu._is_vnni_supported() else 0.97
+    assert mean_cos >= bound, f"mean-pooled cosine {mean_cos:.4f}"
+    assert token_cos >= bound, f"pooled-token cosine {token_cos:.4f}"

@@ -92,7 +92,7 @@ def test_rejections(plugin: ClinicalNotesPlugin, spec: TaskSpec, notes: object, 
 
 
 def test_window_cap_rejects_case(spec: TaskSpec) -> None:
-    small = ClinicalNotesPlugin(NotesConfig(window_length=64, window_stride=40, max_windows_per_case=3))
+    small = ClinicalNotesPlugin(NotesConfig(unit="window", window_length=64, window_stride=40, max_windows_per_case=3))
     small.load([NoteRef(long_note(4))], spec)
     with pytest.raises(InputError) as exc:
         small.load([NoteRef(long_note(4)), NoteRef(long_note(8))], spec)
@@ -122,7 +122,7 @@ def test_collate_pads_windows_and_tokens(plugin: ClinicalNotesPlugin, spec: Task
 
 def test_window_longer_than_model_is_a_config_error(spec: TaskSpec) -> None:
     with pytest.raises(ConfigError) as exc:
-        ClinicalNotesPlugin(NotesConfig(window_length=1024, window_stride=512)).build_encoder(16, spec)
+        ClinicalNotesPlugin(NotesConfig(unit="window", window_length=1024, window_stride=512)).build_encoder(16, spec)
     assert exc.value.reason == "notes.window_too_long"
 
 
