@@ -123,7 +123,7 @@ class ClinicalNotesPlugin(ModalityPlugin):
                     "note_date": note.note_date.isoformat() if note.note_date else None,
                     "bytes": len(note.data),
                     "tokens": len(ids),
-                    "windows": len(sequences),
+                    ("sentences" if sentences else "windows"): len(sequences),
                 }
             )
         # Combined over the ordered per-note digests, so it changes when any note or the order changes.
@@ -142,7 +142,7 @@ class ClinicalNotesPlugin(ModalityPlugin):
             "present": True,
             "total_tokens": sum(n["tokens"] for n in per_note),
             "unit": cfg.unit,
-            "total_windows": len(seqs),
+            ("total_sentences" if sentences else "total_windows"): len(seqs),
             **(
                 {"max_sentence_length": cfg.max_sentence_length}
                 if sentences
@@ -150,7 +150,9 @@ class ClinicalNotesPlugin(ModalityPlugin):
             ),
             "notes": per_note,
         }
-        event(log, "notes.loaded", n_notes=len(notes), tokens=summary["total_tokens"], windows=len(seqs))
+        event(
+            log, "notes.loaded", n_notes=len(notes), tokens=summary["total_tokens"], sequences=len(seqs), unit=cfg.unit
+        )
         return ModalityInput(
             NOTES,
             data={

@@ -70,7 +70,8 @@ def test_load_makes_one_sequence_per_sentence(splugin: ClinicalNotesPlugin, spec
     sentences = split_sentences(text)
     assert len(sentences) == 4  # SENTENCES[2] has a ";" clause
     assert item.data["input_ids"].shape[0] == len(sentences)
-    assert item.summary["unit"] == "sentence" and item.summary["total_windows"] == len(sentences)
+    assert item.summary["unit"] == "sentence" and item.summary["total_sentences"] == len(sentences)
+    assert item.summary["notes"][0]["sentences"] == len(sentences)
     info = splugin.tokenizer()
     for row, sentence in enumerate(sentences):
         kept = item.data["input_ids"][row][item.data["keep_mask"][row]].tolist()
