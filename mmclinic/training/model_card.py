@@ -18,6 +18,23 @@ def _f(v: Any, nd: int = 3) -> str:
     return str(v)
 
 
+def _schedule(cfg: dict[str, Any], training: dict[str, Any]) -> str:
+    """How the CT encoder was trained: warm start and freezing, or end-to-end epochs before the freeze."""
+    init = training.get("init_from") or {}
+    if init and cfg.get("freeze_init"):
+        return (
+            f"{', '.join(init['modalities'])} encoder copied from `{init['checkpoint']}` (SHA-256 "
+            f"`{init['sha256'][:12]}…`) and its trunk frozen from epoch 1 (its head trains)"
+        )
+    start = f"{', '.join(init['modalities'])} encoder copied from `{init['checkpoint']}`; " if init else ""
+    if not cfg["freeze_after"]:
+        return f"{start}end-to-end throughout"
+    return (
+        f"{start}{cfg['freeze_after']} end-to-end epochs on {cfg['phase1_cases'] or 'all'} cases, then the CT "
+        "encoder frozen"
+    )
+
+
 def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any], provenance: dict[str, Any]) -> str:
     """Markdown model card from checkpoint metadata, the held-out evaluation report and how it was made."""
     tr = meta["training"]
@@ -61,8 +78,8 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         "",
         f"- training cohort: {tr['n_train']} training + {tr['n_val']} validation cases, split by patient "
         f"(seed {cfg['seed']}); {tr['rejected']} cases rejected by input validation",
-        f"- schedule: {cfg['freeze_after']} end-to-end epochs on {cfg['phase1_cases'] or 'all'} cases, then the "
-        f"CT encoder frozen and {cfg['epochs']} epochs at most with early stopping (patience {cfg['patience']}) on "
+        f"- schedule: {_schedule(cfg, tr)}, then {cfg['epochs']} epochs at most with early stopping "
+        f"(patience {cfg['patience']}) on "
         f"validation AUROC; best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped']}); AdamW lr {cfg['lr']}, "
         f"batch {cfg['batch_size']}; loss: weighted BCE per head (w⁺ = {', '.join(_f(w, 2) for w in tr['pos_weight'])})"
         f" + {cfg['aux_weight']} × auxiliary heads + lesion map BCE (pos. weight {cfg['lesion_pos_weight']}) + Dice",

@@ -134,6 +134,10 @@ def test_init_from_copies_and_freezes_the_imaging_encoder(tmp_path: Path, traine
     meta = read_checkpoint(out / "model.pt")["meta"]
     assert meta["training"]["init_from"]["modalities"] == ["imaging"]
     assert meta["training"]["init_from"]["sha256"] == sha256_file(trained / "model.pt")
+    from mmclinic.training.model_card import _schedule
+
+    schedule = _schedule(meta["training"]["config"], meta["training"])
+    assert "copied from `model.pt`" in schedule and "frozen from epoch 1" in schedule
     last = read_checkpoint(out / "last.pt")["state_dict"]
     for k, v in imaging.items():
         # Frozen from epoch 1: the trunk keeps the copied weights, the head (proj) trains on.
