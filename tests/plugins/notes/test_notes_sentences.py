@@ -19,7 +19,7 @@ from mmclinic.plugin_api import TaskSpec
 
 @pytest.fixture(scope="module")
 def splugin() -> ClinicalNotesPlugin:
-    return ClinicalNotesPlugin(NotesConfig())
+    return ClinicalNotesPlugin(NotesConfig(unit="sentence"))
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def sencoder(splugin: ClinicalNotesPlugin, spec: TaskSpec) -> NotesEncoder:
     return enc.eval()
 
 
-def test_sentence_is_the_default_unit() -> None:
-    assert NotesConfig().unit == "sentence"
+def test_window_stays_the_default_unit() -> None:
+    assert NotesConfig().unit == "window"  # the bundled weights were trained on token states
 
 
 def test_split_sentences() -> None:
@@ -80,7 +80,7 @@ def test_load_makes_one_sequence_per_sentence(splugin: ClinicalNotesPlugin, spec
 
 
 def test_sentence_cap_rejects_case(spec: TaskSpec) -> None:
-    small = ClinicalNotesPlugin(NotesConfig(max_sentences_per_case=3))
+    small = ClinicalNotesPlugin(NotesConfig(unit="sentence", max_sentences_per_case=3))
     with pytest.raises(InputError) as exc:
         small.load([NoteRef(" ".join(SENTENCES).encode())], spec)
     assert exc.value.reason == "notes.too_large" and "3 sentences" in str(exc.value)
@@ -88,7 +88,7 @@ def test_sentence_cap_rejects_case(spec: TaskSpec) -> None:
 
 def test_sentence_longer_than_model_is_a_config_error(spec: TaskSpec) -> None:
     with pytest.raises(ConfigError) as exc:
-        ClinicalNotesPlugin(NotesConfig(max_sentence_length=1024)).build_encoder(16, spec)
+        ClinicalNotesPlugin(NotesConfig(unit="sentence", max_sentence_length=1024)).build_encoder(16, spec)
     assert exc.value.reason == "notes.sentence_too_long"
 
 
@@ -135,7 +135,7 @@ def test_batched_precompute_equals_per_case(
 
 
 def test_finetune_top_layer_in_sentence_mode(splugin: ClinicalNotesPlugin, spec: TaskSpec) -> None:
-    enc = ClinicalNotesPlugin(NotesConfig(finetune_top_layers=1)).build_encoder(D_MODEL, spec)
+    enc = ClinicalNotesPlugin(NotesConfig(unit="sentence", finetune_top_layers=1)).build_encoder(D_MODEL, spec)
     assert isinstance(enc, NotesEncoder)
     batch = splugin.collate([splugin.load([NoteRef(" ".join(SENTENCES).encode())], spec)], spec)
     pre = enc.precompute(batch)
@@ -162,8 +162,8 @@ def test_piece_cache_lru_and_scope() -> None:
 
 def test_cached_states_equal_computed_states(spec: TaskSpec) -> None:
     text = " ".join(SENTENCES).encode()
-    cached = ClinicalNotesPlugin(NotesConfig(sentence_cache_size=1000))
-    uncached = ClinicalNotesPlugin(NotesConfig(sentence_cache_size=0))
+    cached = ClinicalNotesPlugin(NotesConfig(unit="sentence", sentence_cache_size=1000))
+    uncached = ClinicalNotesPlugin(NotesConfig(unit="sentence", sentence_cache_size=0))
     enc_c, enc_u = cached.build_encoder(D_MODEL, spec), uncached.build_encoder(D_MODEL, spec)
     assert isinstance(enc_c, NotesEncoder) and isinstance(enc_u, NotesEncoder)
     batch = cached.collate([cached.load([NoteRef(text)], spec)], spec)
