@@ -116,3 +116,25 @@ def test_frozen_trunk_replay_trains_the_head_only() -> None:
     out.tokens.pow(2).mean().backward()
     assert encoder.lesion_mlp[1].weight.grad is not None  # the head learns on cached trunk outputs
     assert all(p.grad is None for p in encoder.unet.parameters())  # the trunk is not touched
+
+
+def test_output_layer_equals_the_convolution_and_ignores_the_thread_count() -> None:
+    from mmclinic_imaging_dicom.encoder import channel_mix
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(8, 1, 1)
+    x = torch.randn(2, 8, 64, 64, 32)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(channel_mix(conv, x))
+    finally:
+        torch.set_num_threads(threads)
+    # Bit-identical across thread counts (the Ray-vs-local guarantee rests on it) ...
+    assert torch.equal(outs[0], outs[1])
+    # ... and the same layer as the convolution it replaces, up to rounding.
+    with torch.no_grad():
+        torch.testing.assert_close(outs[0], conv(x), atol=1e-5, rtol=1e-5)

@@ -43,6 +43,20 @@ def lesion_statistics(logits: torch.Tensor, image: torch.Tensor, feats: torch.Te
     return torch.cat([stats, pooled], dim=1).to(logits.dtype)
 
 
+def channel_mix(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1×1×1 convolution (the U-Net's output layer) as a per-voxel weighted sum over channels.
+
+    oneDNN's kernel for this layer splits the channel sum differently with the thread count, so a Ray
+    worker (one thread) and a local engine (several) disagreed in the last bits of the lesion map and
+    hence of the risk. Summed over a leading axis here, the order is fixed. Same weights, same result
+    up to rounding.
+    """
+    assert isinstance(conv, nn.Conv3d) and conv.kernel_size == (1, 1, 1), conv
+    w = conv.weight.flatten(1)  # [out, in]
+    out = (x.unsqueeze(1) * w[None, :, :, None, None, None]).sum(2)
+    return out if conv.bias is None else out + conv.bias[None, :, None, None, None]
+
+
 class CtEncoder(nn.Module):
     """``forward({"image": [B,1,X,Y,Z], "present": bool[B]}) -> EncoderOutput``.
 
@@ -92,7 +106,7 @@ class CtEncoder(nn.Module):
         d = u.upcat_3(d, x2)
         d = u.upcat_2(d, x1)
         d = u.upcat_1(d, x0)
-        logits = u.final_conv(d)
+        logits = channel_mix(u.final_conv, d)
         return {
             "regions": self.pool(x4).flatten(2).transpose(1, 2),  # [B, N, C]
             "lesion_stats": lesion_statistics(logits, x, d),
