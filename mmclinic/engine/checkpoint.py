@@ -165,28 +165,30 @@ def read_checkpoint(path: Path, *, with_extra: bool = False) -> dict[str, Any]:
     return payload
 
 
+def check_plugin(modality: str, want: dict[str, str], plugin: ModalityPlugin | None) -> None:
+    """ModelError when the installed ``plugin`` cannot run a checkpoint's ``modality`` encoder (``want``)."""
+    if plugin is None:
+        raise ModelError("model.plugin_missing", f"checkpoint needs a {modality!r} plugin ({want['name']})")
+    if plugin.name != want["name"]:
+        raise ModelError(
+            "model.plugin_mismatch",
+            f"{modality}: checkpoint was trained with {want['name']!r}, installed is {plugin.name!r}",
+        )
+    if not plugin_versions_compatible(want["version"], plugin.version):
+        raise ModelError(
+            "model.plugin_version_mismatch",
+            f"{plugin.name}: checkpoint needs {want['version']}, installed is {plugin.version}",
+        )
+    if want["version"] != plugin.version:
+        event(log, "model.plugin_patch_differs", plugin=plugin.name, saved=want["version"], installed=plugin.version)
+
+
 def check_compatible(
     meta: dict[str, Any], spec: TaskSpec, plugins: dict[str, ModalityPlugin], task_version: str
 ) -> None:
     """Raise ModelError with a precise reason when the installed task/plugins cannot run this checkpoint."""
     for modality, want in meta["plugins"].items():
-        plugin = plugins.get(modality)
-        if plugin is None:
-            raise ModelError("model.plugin_missing", f"checkpoint needs a {modality!r} plugin ({want['name']})")
-        if plugin.name != want["name"]:
-            raise ModelError(
-                "model.plugin_mismatch",
-                f"{modality}: checkpoint was trained with {want['name']!r}, installed is {plugin.name!r}",
-            )
-        if not plugin_versions_compatible(want["version"], plugin.version):
-            raise ModelError(
-                "model.plugin_version_mismatch",
-                f"{plugin.name}: checkpoint needs {want['version']}, installed is {plugin.version}",
-            )
-        if want["version"] != plugin.version:
-            event(
-                log, "model.plugin_patch_differs", plugin=plugin.name, saved=want["version"], installed=plugin.version
-            )
+        check_plugin(modality, want, plugins.get(modality))
     live = spec_to_dict(spec)
     saved = meta["spec"]
     for key in ("tabular_schema", "imaging", "labels", "max_text_tokens"):

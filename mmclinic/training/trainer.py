@@ -19,7 +19,7 @@ from torch import nn
 from mmclinic.case import IMAGING, Case, sha256_file
 from mmclinic.engine.checkpoint import (
     CHECKPOINT_NAME,
-    plugin_versions_compatible,
+    check_plugin,
     read_checkpoint,
     save_checkpoint,
     spec_to_dict,
@@ -145,17 +145,10 @@ class Trainer:
         for m in cfg.init_modalities:
             if m not in self.modalities:
                 continue
-            plugin = self.parts.plugins[m]
-            want = meta["plugins"].get(m)
-            if (
-                want is None
-                or want["name"] != plugin.name
-                or not plugin_versions_compatible(want["version"], plugin.version)
-            ):
-                raise ModelError(
-                    "train.init_mismatch",
-                    f"{path.name}: {m} encoder is from {want}, installed {plugin.name} {plugin.version}",
-                )
+            try:
+                check_plugin(m, meta["plugins"].get(m) or {"name": "(none)", "version": "0"}, self.parts.plugins[m])
+            except ModelError as exc:
+                raise ModelError("train.init_mismatch", f"{path.name}: {exc}") from None
             if m == IMAGING and meta["spec"].get("imaging") != spec_to_dict(self.parts.spec).get("imaging"):
                 raise ModelError("train.init_mismatch", f"{path.name}: imaging grid differs from the task's")
             prefix = f"encoders.{m}."

@@ -186,8 +186,9 @@ class NotesEncoder(nn.Module):
         budget = self.config.window_batch_size * self.config.window_length
         for length, keys in sorted(todo.items()):
             keep_row = keep[rows[keys[0]][0], :length].to(torch.float32)  # same layout for every piece of a length
-            for start in range(0, len(keys), max(1, budget // length)):
-                chunk = keys[start : start + max(1, budget // length)]
+            per_call = max(1, budget // length)
+            for start in range(0, len(keys), per_call):
+                chunk = keys[start : start + per_call]
                 x = torch.tensor(chunk, dtype=torch.long, device=ids.device)
                 hidden = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state.float()
                 states = (hidden * keep_row[None, :, None]).sum(1) / keep_row.sum().clamp(min=1.0)

@@ -47,12 +47,6 @@ class PieceCache:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
 
-    def clear(self) -> None:
-        """Drop every entry and reset the counters."""
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
-
     def __len__(self) -> int:
         return len(self._items)
 

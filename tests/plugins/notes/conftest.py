@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from mmclinic_clinical_notes.config import NotesConfig
 from mmclinic_clinical_notes.encoder import NotesEncoder
 from mmclinic_clinical_notes.plugin import ClinicalNotesPlugin
-from notes_samples import D_MODEL, SENTENCES, K, long_note
+from notes_samples import SENTENCES, K, long_note, seeded_encoder
 
 from mmclinic.case import NoteRef
 from mmclinic.plugin_api import TaskSpec
@@ -33,10 +32,8 @@ def plugin(config: NotesConfig) -> ClinicalNotesPlugin:
 
 @pytest.fixture(scope="session")
 def encoder(plugin: ClinicalNotesPlugin, spec: TaskSpec) -> NotesEncoder:
-    torch.manual_seed(0)
-    enc = plugin.build_encoder(D_MODEL, spec)
-    assert isinstance(enc, NotesEncoder)
-    return enc.eval()
+    enc: NotesEncoder = seeded_encoder(plugin, spec)
+    return enc
 
 
 @pytest.fixture(scope="session")

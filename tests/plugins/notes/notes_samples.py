@@ -1,6 +1,8 @@
-"""Sample note text for the clinical-notes tests (synthetic, no real patient data)."""
+"""Sample note text and encoder set-up for the clinical-notes tests (synthetic, no real patient data)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 D_MODEL = 32  # fusion width used by the tests
 K = 8  # pooled text tokens per case (TaskSpec.max_text_tokens)
@@ -17,3 +19,14 @@ SENTENCES = (
 def long_note(n_sentences: int = 24) -> bytes:
     """A note well over one window (about 18 tokens per sentence)."""
     return " ".join(SENTENCES[i % len(SENTENCES)] for i in range(n_sentences)).encode()
+
+
+def seeded_encoder(plugin: Any, spec: Any) -> Any:
+    """The plugin's NotesEncoder at width D_MODEL, seeded (same pooling weights every time), in eval mode."""
+    import torch
+    from mmclinic_clinical_notes.encoder import NotesEncoder
+
+    torch.manual_seed(0)
+    enc = plugin.build_encoder(D_MODEL, spec)
+    assert isinstance(enc, NotesEncoder)
+    return enc.eval()

@@ -10,7 +10,7 @@ from mmclinic_clinical_notes.encoder import NotesEncoder
 from mmclinic_clinical_notes.piece_cache import PieceCache, piece_cache
 from mmclinic_clinical_notes.plugin import ClinicalNotesPlugin
 from mmclinic_clinical_notes.windows import sentence_inputs, split_sentences
-from notes_samples import D_MODEL, SENTENCES, K
+from notes_samples import D_MODEL, SENTENCES, K, seeded_encoder
 
 from mmclinic.case import NoteRef
 from mmclinic.errors import ConfigError, InputError
@@ -24,10 +24,8 @@ def splugin() -> ClinicalNotesPlugin:
 
 @pytest.fixture(scope="module")
 def sencoder(splugin: ClinicalNotesPlugin, spec: TaskSpec) -> NotesEncoder:
-    torch.manual_seed(0)
-    enc = splugin.build_encoder(D_MODEL, spec)
-    assert isinstance(enc, NotesEncoder)
-    return enc.eval()
+    enc: NotesEncoder = seeded_encoder(splugin, spec)
+    return enc
 
 
 def test_window_stays_the_default_unit() -> None:
