@@ -20,6 +20,9 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr"),
     d_model: int = typer.Option(64, "--d-model"),
     layers: int = typer.Option(2, "--layers"),
+    late_fusion: bool = typer.Option(
+        False, "--late-fusion/--no-late-fusion", help="Add each modality's own pooled logit to the fused logit."
+    ),
     patience: int = typer.Option(6, "--patience", help="Early stopping: epochs without validation AUROC gain."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of patients held out for validation."),
     seed: int = typer.Option(0, "--seed"),
@@ -51,6 +54,7 @@ def train_cmd(
         lr=lr,
         d_model=d_model,
         n_layers=layers,
+        late_fusion=late_fusion,
         patience=patience,
         val_fraction=val_fraction,
         seed=seed,

@@ -63,6 +63,26 @@ def trainable_state_dict(model: nn.Module) -> dict[str, Any]:
     return out
 
 
+def load_trainable(module: nn.Module, state: dict[str, Any]) -> None:
+    """Load a state dict saved by ``trainable_state_dict``; only frozen keys may be missing.
+
+    ModelError ``model.state_mismatch`` when shapes differ (e.g. a plugin's encoder changed since
+    training), a key is unexpected, or a trainable key is missing.
+    """
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ModelError(
+            "model.state_mismatch", f"weights do not fit the installed plugins: {first[0].strip()}"
+        ) from exc
+    if unexpected:
+        raise ModelError("model.state_mismatch", f"unexpected weights: {', '.join(sorted(unexpected)[:5])}")
+    not_frozen = sorted(set(missing) - frozen_keys(module))
+    if not_frozen:
+        raise ModelError("model.state_mismatch", f"missing weights: {', '.join(not_frozen[:5])}")
+
+
 def plugin_versions_compatible(saved: str, installed: str) -> bool:
     """Same major.minor: a patch release must not change preprocessing or encoder layout."""
     return saved.split(".")[:2] == installed.split(".")[:2]

@@ -17,7 +17,7 @@ from mmclinic.case import Case, Finding, Prediction, Provenance, sha256_file
 from mmclinic.engine.checkpoint import (
     CHECKPOINT_NAME,
     check_compatible,
-    frozen_keys,
+    load_trainable,
     preprocessing_hash,
     read_checkpoint,
 )
@@ -173,18 +173,7 @@ class InferenceEngine:
         plugins = resolve_plugins(registry, list(meta["plugins"]))
         check_compatible(meta, spec, plugins, task.version)
         model = build_model(meta["fusion"], spec, plugins)
-        try:
-            missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-        except RuntimeError as exc:  # tensor shapes changed since training (e.g. a plugin's encoder)
-            first = str(exc).splitlines()[1:2] or [str(exc)]
-            raise ModelError(
-                "model.state_mismatch", f"weights do not fit the installed plugins: {first[0].strip()}"
-            ) from exc
-        if unexpected:
-            raise ModelError("model.state_mismatch", f"unexpected weights: {', '.join(sorted(unexpected)[:5])}")
-        not_frozen = sorted(set(missing) - frozen_keys(model))
-        if not_frozen:
-            raise ModelError("model.state_mismatch", f"missing weights: {', '.join(not_frozen[:5])}")
+        load_trainable(model, payload["state_dict"])
         dev = resolve_device(device)
         event(log, "model.loaded", task=task.name, weights=weights_sha256[:12], device=dev.type)
         return cls(model, meta, task, plugins, dev, weights_sha256, batch_size)

@@ -32,6 +32,10 @@ class FusionConfig:
     ff_mult: int = 2
     dropout: float = 0.1
     modality_dropout: float = 0.3  # per-modality probability of being hidden from the CLS during training
+    # Late-fusion path: each visible modality adds its own attention-pooled linear logit to the CLS
+    # logit. An additive path matches risk that is a sum of per-modality evidence, which the CLS
+    # alone learned poorly (notes+tabular barely beat tabular alone); the CLS keeps the interactions.
+    late_fusion: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -98,6 +102,14 @@ class FusionModel(nn.Module):
         # optimal logit by +log(w), which temperature scaling alone (no bias) cannot remove.
         self.register_buffer("logit_offset", torch.zeros(len(HEADS)))
         self.lesion_bias = nn.Parameter(torch.tensor(LESION_PRIOR_LOGIT))
+        if cfg.late_fusion:
+            self.late_score = nn.ModuleDict({m: nn.Linear(d, 1) for m in cfg.modalities})
+            late_heads = {m: nn.Linear(d, len(HEADS)) for m in cfg.modalities}
+            for lin in late_heads.values():
+                # Zero start: training begins from the CLS-only model and grows the additive terms.
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
+            self.late_heads = nn.ModuleDict(late_heads)
 
     # -- stages -------------------------------------------------------------------------------------
     def precompute(self, batch: Batch) -> Batch:
@@ -142,7 +154,28 @@ class FusionModel(nn.Module):
         x = torch.cat(toks, dim=1)
         mask = torch.cat(masks, dim=1)
         x = self.fusion(x, src_key_padding_mask=mask)
-        return self.head(self.norm(x[:, 0]))  # type: ignore[no-any-return]
+        logits: torch.Tensor = self.head(self.norm(x[:, 0]))
+        if self.cfg.late_fusion:
+            logits = logits + self._late(encoded, hide)
+        return logits
+
+    def _late(self, encoded: Mapping[str, EncoderOutput], hide: torch.Tensor | None) -> torch.Tensor:
+        """Sum over visible modalities of each one's attention-pooled linear logit."""
+        any_eo = next(iter(encoded.values()))
+        total = any_eo.tokens.new_zeros(any_eo.tokens.shape[0], len(HEADS))
+        for i, m in enumerate(self.cfg.modalities):
+            if m not in encoded:
+                continue
+            eo = encoded[m]
+            pad = eo.pad_mask if hide is None else eo.pad_mask | hide[:, i : i + 1]
+            score = self.late_score[m](eo.tokens).squeeze(-1).float().masked_fill(pad, float("-inf"))
+            shown = ~pad.all(dim=1)
+            # Rows with every token hidden would give NaN weights; they contribute exactly 0.
+            weights = torch.softmax(score.masked_fill(~shown[:, None], 0.0), dim=1).to(eo.tokens.dtype)
+            pooled = (weights[..., None] * eo.tokens).sum(1)
+            term = self.late_heads[m](pooled) * shown[:, None].to(eo.tokens.dtype)
+            total = total + term
+        return total
 
     def aux(self, encoded: Mapping[str, EncoderOutput]) -> dict[str, torch.Tensor]:
         """Per-modality logits from mean-pooled non-padding tokens (rows without tokens give 0-input)."""

@@ -19,14 +19,16 @@ def _f(v: Any, nd: int = 3) -> str:
 
 
 def _schedule(cfg: dict[str, Any], training: dict[str, Any]) -> str:
-    """How the CT encoder was trained: warm start and freezing, or end-to-end epochs before the freeze."""
-    init = training.get("init_from") or {}
-    if init and cfg.get("freeze_init"):
-        return (
-            f"{', '.join(init['modalities'])} encoder copied from `{init['checkpoint']}` (SHA-256 "
-            f"`{init['sha256'][:12]}…`) and its trunk frozen from epoch 1 (its head trains)"
-        )
-    start = f"{', '.join(init['modalities'])} encoder copied from `{init['checkpoint']}`; " if init else ""
+    """How the encoders were trained: warm starts and freezing, or end-to-end epochs before the CT freeze."""
+    init = training.get("init_from") or []
+    records = [init] if isinstance(init, dict) else list(init)  # a dict: checkpoints from before several sources
+    copied = "; ".join(
+        f"{', '.join(r['modalities'])} encoder copied from `{r['checkpoint']}` (SHA-256 `{r['sha256'][:12]}…`)"
+        for r in records
+    )
+    if records and cfg.get("freeze_init"):
+        return f"{copied}, each frozen from epoch 1 (a trunk/head encoder's head trains)"
+    start = f"{copied}; " if records else ""
     if not cfg["freeze_after"]:
         return f"{start}end-to-end throughout"
     return (
@@ -61,8 +63,14 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         f"Token-level attention fusion over {', '.join(meta['fusion']['modalities'])}: CLS token + modality-type "
         f"embeddings, pre-norm transformer (d_model {meta['fusion']['d_model']}, {meta['fusion']['n_layers']} layers, "
         f"{meta['fusion']['n_heads']} heads) with a key-padding mask removing absent modalities; heads for tumor "
-        "present and malignant; per-modality auxiliary heads during training; modality dropout "
-        f"{meta['fusion']['modality_dropout']}. Risk = sigmoid((logit − log w⁺) / T): logit adjustment for the "
+        "present and malignant; per-modality auxiliary heads during training; "
+        + (
+            "a late-fusion path adds each visible modality's attention-pooled linear logit to the CLS logit; "
+            if meta["fusion"].get("late_fusion")
+            else ""
+        )
+        + f"modality dropout {meta['fusion']['modality_dropout']}. "
+        "Risk = sigmoid((logit − log w⁺) / T): logit adjustment for the "
         f"class weight w⁺ used in training, then temperature scaling on validation patients (T = "
         f"{', '.join(_f(t, 3) for t in meta['temperature'])} for tumor, malignant). Findings: lesion map from the CT "
         f"encoder (3-D U-Net) → threshold {meta['detection']['threshold']} → connected components; centre = "

@@ -20,6 +20,7 @@ from mmclinic.case import IMAGING, Case, sha256_file
 from mmclinic.engine.checkpoint import (
     CHECKPOINT_NAME,
     check_plugin,
+    load_trainable,
     read_checkpoint,
     save_checkpoint,
     spec_to_dict,
@@ -62,6 +63,7 @@ class TrainConfig:
     n_heads: int = 4
     dropout: float = 0.1
     modality_dropout: float = 0.3
+    late_fusion: bool = False  # see FusionConfig.late_fusion
     epochs: int = 30
     batch_size: int = 16
     lr: float = 1e-3
@@ -80,9 +82,11 @@ class TrainConfig:
     freeze_after: int = 0
     freeze_modalities: tuple[str, ...] = ("imaging",)
     phase1_cases: int = 0
-    # Warm start: copy the encoders of ``init_modalities`` from this checkpoint (a file, a run folder or
-    # a task name) before training. With ``freeze_init`` they are frozen from the first epoch, which
-    # lets several models share one CT encoder without each paying for end-to-end CNN epochs.
+    # Warm start: copy encoders from checkpoints (a file, a run folder or a task name) before training.
+    # ``init_from`` is one source for ``init_modalities`` or comma-separated ``modality=source`` pairs
+    # (see ``init_sources``). With ``freeze_init`` the copied encoders are frozen from the first epoch:
+    # several models then share one CT encoder without each paying for end-to-end CNN epochs, and a
+    # fused model can start from encoders its single-modality models trained (see the README).
     init_from: str = ""
     init_modalities: tuple[str, ...] = ("imaging",)
     freeze_init: bool = False
@@ -95,6 +99,26 @@ class TrainConfig:
         d["freeze_modalities"] = list(self.freeze_modalities)
         d["init_modalities"] = list(self.init_modalities)
         return d
+
+
+def init_sources(spec: str, default_modalities: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(modality, source)`` pairs of an ``--init-from`` value.
+
+    ``SRC`` copies ``default_modalities`` from SRC; ``imaging=SRC1,notes=SRC2`` names each modality's
+    source. ConfigError for an empty modality or source.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        m, sep, src = item.partition("=")
+        if not sep:
+            pairs.extend((d, item) for d in default_modalities)
+        elif m.strip() and src.strip():
+            pairs.append((m.strip(), src.strip()))
+        else:
+            raise ConfigError("train.bad_init_from", f"--init-from item {item!r} is not MODALITY=SOURCE")
+    return pairs
 
 
 @dataclass
@@ -124,9 +148,10 @@ class Trainer:
             n_heads=cfg.n_heads,
             dropout=cfg.dropout,
             modality_dropout=cfg.modality_dropout,
+            late_fusion=cfg.late_fusion,
         )
         self.modalities = self.model.cfg.modalities
-        self.init_record = self._init_encoders() if cfg.init_from else {}
+        self.init_record = self._init_encoders() if cfg.init_from else []
         self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by their replay
         self.cache_stats: dict[str, int] = {}
         self.detection = DetectionConfig()
@@ -135,31 +160,44 @@ class Trainer:
             self.model, {}, self.parts.task, self.parts.plugins, self.device, weights_sha256=""
         )
 
-    def _init_encoders(self) -> dict[str, Any]:
-        """Copy encoder weights from ``cfg.init_from``; ModelError when its plugins or spec do not match."""
-        cfg = self.cfg
-        path = resolve_model_path(cfg.init_from, self.registry)
-        payload = read_checkpoint(path)
-        meta, state = payload["meta"], payload["state_dict"]
-        copied: dict[str, int] = {}
-        for m in cfg.init_modalities:
-            if m not in self.modalities:
-                continue
-            try:
-                check_plugin(m, meta["plugins"].get(m) or {"name": "(none)", "version": "0"}, self.parts.plugins[m])
-            except ModelError as exc:
-                raise ModelError("train.init_mismatch", f"{path.name}: {exc}") from None
-            if m == IMAGING and meta["spec"].get("imaging") != spec_to_dict(self.parts.spec).get("imaging"):
-                raise ModelError("train.init_mismatch", f"{path.name}: imaging grid differs from the task's")
-            prefix = f"encoders.{m}."
-            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            self.model.encoders[m].load_state_dict(sub, strict=True)
-            copied[m] = len(sub)
-        if not copied:
-            raise ConfigError("train.init_nothing", f"none of {list(cfg.init_modalities)} is a modality of this run")
-        record = {"checkpoint": path.name, "sha256": sha256_file(path), "modalities": sorted(copied)}
-        event(log, "train.init_from", checkpoint=path.name, sha=record["sha256"][:12], modalities=sorted(copied))
-        return record
+    def _init_encoders(self) -> list[dict[str, Any]]:
+        """Copy encoder weights as ``cfg.init_from`` says; ModelError when plugins or spec do not match."""
+        by_source: dict[str, list[str]] = {}
+        for m, src in init_sources(self.cfg.init_from, self.cfg.init_modalities):
+            if m in self.modalities:
+                by_source.setdefault(src, []).append(m)
+        if not by_source:
+            raise ConfigError("train.init_nothing", f"--init-from {self.cfg.init_from!r} names no modality of this run")
+        records = []
+        for src, mods in by_source.items():
+            path = resolve_model_path(src, self.registry)
+            payload = read_checkpoint(path)
+            for m in mods:
+                self._copy_encoder(m, path, payload["meta"], payload["state_dict"])
+            record = {"checkpoint": path.name, "sha256": sha256_file(path), "modalities": sorted(mods)}
+            event(log, "train.init_from", checkpoint=path.name, sha=record["sha256"][:12], modalities=sorted(mods))
+            records.append(record)
+        return records
+
+    def _copy_encoder(self, m: str, path: Path, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+        try:
+            check_plugin(m, meta["plugins"].get(m) or {"name": "(none)", "version": "0"}, self.parts.plugins[m])
+        except ModelError as exc:
+            raise ModelError("train.init_mismatch", f"{path.name}: {exc}") from None
+        if m == IMAGING and meta["spec"].get("imaging") != spec_to_dict(self.parts.spec).get("imaging"):
+            raise ModelError("train.init_mismatch", f"{path.name}: imaging grid differs from the task's")
+        prefix = f"encoders.{m}."
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        try:
+            load_trainable(self.model.encoders[m], sub)
+        except ModelError as exc:
+            raise ModelError("train.init_mismatch", f"{path.name}: {m}: {exc.detail}") from None
+
+    def _frozen_modalities(self) -> tuple[str, ...]:
+        """Encoders to freeze: the copied ones with ``freeze_init``, else ``freeze_modalities``."""
+        if self.cfg.freeze_init:
+            return tuple(m for r in self.init_record for m in r["modalities"])
+        return self.cfg.freeze_modalities
 
     # -- data -------------------------------------------------------------------------------------
     def batch(self, exs: list[Example]) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor, torch.Tensor | None]:
@@ -313,7 +351,7 @@ class Trainer:
     @torch.no_grad()
     def _freeze(self, examples: list[Example]) -> None:
         """Compute each frozen encoder's outputs once per case and replay them from now on."""
-        for m in self.cfg.freeze_modalities:
+        for m in self._frozen_modalities():
             if m not in self.modalities:
                 continue
             enc = self.model.encoders[m].eval()

@@ -10,10 +10,11 @@ from mmclinic.model.calibration import fit_temperature
 from mmclinic.model.fusion import FusionConfig, FusionModel
 
 
-def _model(dropout: float = 0.0) -> FusionModel:
+def _model(dropout: float = 0.0, late: bool = False) -> FusionModel:
     torch.manual_seed(0)
     encs = {"imaging": ToyImagingEncoder(16), "tabular": ToyTabularEncoder(16, 2)}
-    return FusionModel(encs, FusionConfig(("imaging", "tabular"), d_model=16, n_heads=2, modality_dropout=dropout))
+    cfg = FusionConfig(("imaging", "tabular"), d_model=16, n_heads=2, modality_dropout=dropout, late_fusion=late)
+    return FusionModel(encs, cfg)
 
 
 def _batch(b: int, img_present: list[bool], tab_present: list[bool]) -> dict[str, dict[str, torch.Tensor]]:
@@ -39,6 +40,46 @@ def test_absent_modality_content_does_not_change_output() -> None:
     # Changing a present entry does change the output (the test above can fail).
     batch["tabular"]["x"][0] += 5.0
     assert not torch.allclose(model(batch).logits[0], out1[0])
+
+
+def _randomise_late_heads(model: FusionModel) -> None:
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for lin in model.late_heads.values():
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g))
+            lin.bias.copy_(torch.randn(lin.bias.shape, generator=g))
+
+
+def test_late_fusion_starts_as_the_cls_model_and_adds_only_visible_modalities() -> None:
+    batch = _batch(3, [True, False, True], [True, True, False])
+    late = _model(late=True).eval()
+    # Zero-initialised late heads: the same output as the CLS-only model with the same weights.
+    assert torch.equal(late(batch).logits, _model().eval()(batch).logits)
+    _randomise_late_heads(late)
+    out1 = late(batch).logits
+    assert not torch.allclose(out1, _model().eval()(batch).logits)  # the late path now contributes
+    # Absent or hidden data still cannot reach the output through the late path.
+    batch["imaging"]["volume"][1] += 100.0
+    batch["tabular"]["x"][2] -= 50.0
+    assert torch.equal(late(batch).logits, out1)
+    hide = torch.tensor([[True, False], [False, False], [False, False]])
+    hidden1 = late(batch, hide=hide).logits
+    batch["imaging"]["volume"][0] += 7.0
+    hidden2 = late(batch, hide=hide).logits
+    assert torch.equal(hidden1[0], hidden2[0]) and not torch.equal(hidden2[0], late(batch).logits[0])
+    # Everything hidden: finite, and no late term at all (only the CLS head sees the empty case).
+    every = torch.ones(3, 2, dtype=torch.bool)
+    assert torch.isfinite(late(batch, hide=every).logits).all()
+    assert torch.equal(late(batch, hide=every).logits, _model().eval()(batch, hide=every).logits)
+
+
+def test_late_fusion_heads_receive_gradients() -> None:
+    late = _model(late=True).train()
+    batch = _batch(2, [True, True], [True, True])
+    late(batch).logits.sum().backward()
+    for m in ("imaging", "tabular"):
+        grad = late.late_heads[m].weight.grad
+        assert grad is not None and grad.abs().sum() > 0
 
 
 def test_everything_hidden_is_finite_and_shapes() -> None:

@@ -15,7 +15,7 @@ from mmclinic.engine import InferenceEngine
 from mmclinic.engine.checkpoint import read_checkpoint
 from mmclinic.errors import ConfigError, ModelError
 from mmclinic.training.evaluate import evaluate
-from mmclinic.training.trainer import TrainConfig, Trainer, train
+from mmclinic.training.trainer import TrainConfig, Trainer, init_sources, train
 
 SMALL = {
     "task": "toy-task",
@@ -132,8 +132,8 @@ def test_init_from_copies_and_freezes_the_imaging_encoder(tmp_path: Path, traine
     assert all(torch.equal(copied[k], v) for k, v in imaging.items())  # an exact copy before training
     trainer.run(cohort)
     meta = read_checkpoint(out / "model.pt")["meta"]
-    assert meta["training"]["init_from"]["modalities"] == ["imaging"]
-    assert meta["training"]["init_from"]["sha256"] == sha256_file(trained / "model.pt")
+    assert [r["modalities"] for r in meta["training"]["init_from"]] == [["imaging"]]
+    assert meta["training"]["init_from"][0]["sha256"] == sha256_file(trained / "model.pt")
     from mmclinic.training.model_card import _schedule
 
     schedule = _schedule(meta["training"]["config"], meta["training"])
@@ -142,6 +142,38 @@ def test_init_from_copies_and_freezes_the_imaging_encoder(tmp_path: Path, traine
     for k, v in imaging.items():
         # Frozen from epoch 1: the trunk keeps the copied weights, the head (proj) trains on.
         assert torch.equal(last[k], v) == (not k.startswith("encoders.imaging.proj.")), k
+
+
+def test_init_from_several_sources_copies_and_freezes_each_named_encoder(
+    tmp_path: Path, trained: Path, cohort: Any
+) -> None:
+    # A copy of the run under another name stands in for a second single-modality run.
+    other = tmp_path / "other.pt"
+    other.write_bytes((trained / "model.pt").read_bytes())
+    source = read_checkpoint(other)["state_dict"]
+    out = tmp_path / "warm2"
+    cfg = _cfg(epochs=2, init_from=f"imaging={trained}, tabular={other}", freeze_init=True)
+    trainer = Trainer(cfg, out, registry=toy_registry(), progress=False)
+    trainer.run(cohort)
+    init = read_checkpoint(out / "model.pt")["meta"]["training"]["init_from"]
+    assert sorted((r["checkpoint"], tuple(r["modalities"])) for r in init) == [
+        ("model.pt", ("imaging",)),
+        ("other.pt", ("tabular",)),
+    ]
+    last = read_checkpoint(out / "last.pt")["state_dict"]
+    tabular = {k: v for k, v in source.items() if k.startswith("encoders.tabular.")}
+    assert tabular and all(torch.equal(last[k], v) for k, v in tabular.items())  # no trunk: frozen whole
+    # The fusion layers were not copied and did train.
+    assert not torch.equal(last["head.weight"], source["head.weight"])
+
+
+def test_init_sources_parses_pairs_and_a_default_source() -> None:
+    assert init_sources("run1", ("imaging",)) == [("imaging", "run1")]
+    assert init_sources(" imaging=a ,notes=b,", ("imaging",)) == [("imaging", "a"), ("notes", "b")]
+    for bad in ("=a", "notes=", "notes= "):
+        with pytest.raises(ConfigError) as exc:
+            init_sources(bad, ("imaging",))
+        assert exc.value.reason == "train.bad_init_from"
 
 
 def test_init_from_a_mismatched_checkpoint_is_refused(tmp_path: Path, trained: Path, cohort: Any) -> None:
