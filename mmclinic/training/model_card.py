@@ -37,6 +37,17 @@ def _schedule(cfg: dict[str, Any], training: dict[str, Any]) -> str:
     )
 
 
+def _calibration(meta: dict[str, Any]) -> str:
+    temps = ", ".join(_f(t, 3) for t in meta["temperature"])
+    shifts = (meta.get("metrics") or {}).get("calibration_shift")
+    if shifts is None:  # checkpoints from before Platt scaling
+        return f"temperature scaling (T = {temps} for tumor, malignant)"
+    return (
+        f"Platt scaling, sigmoid(adjusted logit / T + s) (T = {temps}; s = "
+        f"{', '.join(_f(v, 3) for v in shifts)} for tumor, malignant)"
+    )
+
+
 def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any], provenance: dict[str, Any]) -> str:
     """Markdown model card from checkpoint metadata, the held-out evaluation report and how it was made."""
     tr = meta["training"]
@@ -71,8 +82,8 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         )
         + f"modality dropout {meta['fusion']['modality_dropout']}. "
         "Risk = sigmoid((logit − log w⁺) / T): logit adjustment for the "
-        f"class weight w⁺ used in training, then temperature scaling on validation patients (T = "
-        f"{', '.join(_f(t, 3) for t in meta['temperature'])} for tumor, malignant). Findings: lesion map from the CT "
+        f"class weight w⁺ used in training, then {_calibration(meta)} on validation patients. Findings: lesion map "
+        "from the CT "
         f"encoder (3-D U-Net) → threshold {meta['detection']['threshold']} → connected components; centre = "
         "probability-weighted centroid mapped to patient LPS mm, diameter = equivalent sphere of the soft volume; "
         "per-finding risk = case risk × confidence / highest confidence. Every modality is optional, at least one "

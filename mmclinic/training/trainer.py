@@ -32,7 +32,7 @@ from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import ConfigError, InputError, ModelError
 from mmclinic.logs import event
 from mmclinic.model.batching import to_device
-from mmclinic.model.calibration import fit_temperature
+from mmclinic.model.calibration import fit_platt
 from mmclinic.model.detection import DetectionConfig, find_lesions
 from mmclinic.model.frozen import frozen_outputs, replay_for
 from mmclinic.model.fusion import LESION_KEY, FusionModel
@@ -508,7 +508,7 @@ class Trainer:
         training: dict[str, Any],
         rejected: dict[str, str],
     ) -> TrainResult:
-        """Best weights → temperature per head + operating threshold on validation → ``model.pt``."""
+        """Best weights → Platt scaling per head + operating threshold on validation → ``model.pt``."""
         best = read_checkpoint(self.out / BEST)
         for m, enc in self._real.items():  # the best weights may predate the freeze: use real encoders
             self.model.encoders[m] = enc
@@ -517,7 +517,12 @@ class Trainer:
         raw = self.predict_logits(val)
         adjusted = self.model.adjusted(raw)
         y_val = torch.stack([e.y for e in val])
-        temps = [fit_temperature(adjusted[:, h], y_val[:, h]) for h in range(raw.shape[1])]
+        fits = [fit_platt(adjusted[:, h], y_val[:, h]) for h in range(raw.shape[1])]
+        temps = [t for t, _ in fits]
+        # sigmoid((z + offset) / T + s) == sigmoid((z + offset + s·T) / T): the shift folds into the
+        # logit offset, so checkpoints keep their two calibration buffers and older ones load unchanged.
+        shifts = torch.tensor([s * t for t, s in fits], dtype=torch.float32)
+        self.model.logit_offset.add_(shifts)  # type: ignore[operator]
         self.model.temperature.copy_(torch.tensor(temps))  # type: ignore[operator]
         probs = self.model.calibrated_probs(raw).numpy()
         risk, y_m = probs[:, T_MALIGNANT], y_val[:, T_MALIGNANT].numpy()
@@ -528,6 +533,7 @@ class Trainer:
             "val_tumor_auroc": auroc(probs[:, T_TUMOR], y_val[:, T_TUMOR].numpy()),
             "threshold": youden_threshold(risk, y_m),  # operating point chosen on validation only
             "temperature": temps,
+            "calibration_shift": [s for _, s in fits],
             "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"],
             "stopped": state["stopped"] or "max_epochs",

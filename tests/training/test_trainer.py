@@ -54,6 +54,13 @@ def test_training_learns_and_writes_a_loadable_calibrated_checkpoint(trained: Pa
     assert meta["training"]["config"]["epochs"] == 6
     assert meta["training"]["n_train"] + meta["training"]["n_val"] == 80
     assert all(0.05 <= t <= 20 for t in meta["temperature"]) and meta["temperature"] != [1.0, 1.0]
+    # Platt scaling: the fitted shift lives in the logit offset (offset = -log w+ + s * T).
+    shifts = meta["metrics"]["calibration_shift"]
+    assert len(shifts) == 2 and all(-5 <= v <= 5 for v in shifts)
+    pos_weight = torch.tensor(meta["training"]["pos_weight"])
+    offset = read_checkpoint(trained / "model.pt")["state_dict"]["logit_offset"]
+    expected = -torch.log(pos_weight) + torch.tensor(shifts) * torch.tensor(meta["temperature"])
+    assert torch.allclose(offset, expected.float(), atol=1e-5)
     assert 0.0 < meta["metrics"]["threshold"] < 1.0
     # The findings' confidence cut-off was chosen on validation scans with ground-truth lesions.
     assert meta["metrics"]["val_detection"]["n_scans"] > 0
@@ -228,6 +235,7 @@ def test_bundle_writes_weights_card_and_goals(tmp_path: Path, trained: Path) -> 
     assert res["sha256"] == sha256_file(data / "model.pt") == sha256_file(trained / "model.pt")
     card = (data / "MODEL_CARD.md").read_text()
     assert res["sha256"] in card and "Not for clinical decisions" in card and "--seed 4" in card
+    assert "Platt scaling" in card  # the calibration the run used
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"rows": {"x": {"name": "x"}}}))
     record_goals(results, json.loads((report_dir / "report.json").read_text()), res["sha256"])

@@ -1,3 +1,3 @@
 """mmclinic clinical-notes modality plugin (entry point: ``mmclinic_clinical_notes.plugin:ClinicalNotesPlugin``)."""
 
-__version__ = "0.1.1"
+__version__ = "0.2.0"

@@ -38,10 +38,10 @@ class NotesConfig(BaseModel):
     # What one pooled state stands for. "sentence": every sentence (or clause ending in ";" or ":") is
     # encoded on its own and mean-pooled, the way all-MiniLM-L6-v2 was trained to embed text; the
     # attention pooling then chooses among ~10² sentence states instead of ~10³ token states. On the
-    # synthetic cohort this took a notes-only model from validation AUROC ~0.6 to 0.72 (notes oracle 0.75).
-    # "window": overlapping windows over each whole note, one state per token. The default stays
-    # "window" because the bundled tumor-risk weights were trained with it.
-    unit: Literal["sentence", "window"] = "window"
+    # synthetic cohort this took a notes-only model from validation AUROC ~0.6 to 0.72 (notes oracle 0.75),
+    # so it is the default since 0.2.0. "window": overlapping windows over each whole note, one state per
+    # token (the 0.1 behaviour; a checkpoint records its unit and a mismatch is refused).
+    unit: Literal["sentence", "window"] = "sentence"
     # unit=sentence: longest piece in tokens, special tokens included; a longer sentence is cut into
     # consecutive pieces of this length (nothing is dropped).
     max_sentence_length: int = Field(default=128, ge=8)

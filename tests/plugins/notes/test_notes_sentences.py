@@ -28,8 +28,15 @@ def sencoder(splugin: ClinicalNotesPlugin, spec: TaskSpec) -> NotesEncoder:
     return enc
 
 
-def test_window_stays_the_default_unit() -> None:
-    assert NotesConfig().unit == "window"  # the bundled weights were trained on token states
+def test_the_bundled_weights_pool_the_default_unit() -> None:
+    # Otherwise the bundled tumor-risk model would be refused (model.notes_unit_mismatch) at defaults.
+    from mmclinic.engine.checkpoint import read_checkpoint
+    from mmclinic.engine.engine import resolve_model_path as resolve_task_model
+    from mmclinic.registry import get_registry
+
+    state = read_checkpoint(resolve_task_model("tumor-risk", get_registry()))["state_dict"]
+    extra = [v for k, v in state.items() if k.startswith("encoders.notes.") and k.endswith("_extra_state")]
+    assert len(extra) == 1 and extra[0].get("unit", "window") == NotesConfig().unit == "sentence"
 
 
 def test_split_sentences() -> None:
