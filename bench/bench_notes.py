@@ -86,7 +86,8 @@ def bench() -> list[dict[str, Any]]:
     mean_cos = float(cosine_similarity(fp32.extras["mean_state"], int8.extras["mean_state"], dim=-1).mean())
     valid_tok = ~fp32.pad_mask
     tok_cos = float(cosine_similarity(fp32.tokens[valid_tok], int8.tokens[valid_tok], dim=-1).mean())
-    shape = f"unit=window, 8 cases, {n_windows} windows of <=256 tokens, {n_tokens} tokens, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    shape = f"unit=window, 8 cases, {n_windows} windows of <=256 tokens, {n_tokens} tokens, {threads} threads"
     return [
         ratio_row(
             "notes_encode_vs_raw_automodel",
