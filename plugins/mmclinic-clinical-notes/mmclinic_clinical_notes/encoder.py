@@ -15,8 +15,11 @@ A "window" below is one model sequence: a sentence piece (unit=sentence) or an o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -38,6 +41,29 @@ from mmclinic_clinical_notes.config import NotesConfig
 from mmclinic_clinical_notes.piece_cache import piece_cache
 
 log = logging.getLogger(__name__)
+_ONE_THREAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
+    """CPU work inside runs on one intra-op thread, whatever the process uses elsewhere.
+
+    A sentence piece is a few rows; with two threads the BLAS splits such small products another way
+    than with one, so a state (and a risk) differed in its last bits between a two-thread process and
+    a one-thread Ray worker. One thread costs nothing at these sizes. The lock keeps concurrent
+    callers from restoring each other's setting.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    with _ONE_THREAD_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
 
 Batch = dict[str, torch.Tensor]
 
@@ -161,8 +187,8 @@ class NotesEncoder(nn.Module):
     def _piece_states(self, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """One state per sentence piece ``[n, H]``: the mean of the frozen model's content-token states.
 
-        Each distinct piece runs once, in a call with only pieces of its exact length, so there is
-        no padding and its state does not depend on which other text shares the call. Templated
+        Each distinct piece runs once, alone in its call, so there is no padding and its state does
+        not depend on which other text is scored with it. Templated
         text repeats across notes and patients, so states are also kept in a bounded cache.
         """
         n = ids.shape[0]
@@ -183,19 +209,32 @@ class NotesEncoder(nn.Module):
                 todo.setdefault(len(key), []).append(key)
             else:
                 out[where] = hit.to(out.device)
-        budget = self.config.window_batch_size * self.config.window_length
+        with _one_intra_op_thread(ids.device):
+            self._run_pieces(model, cache, scope, todo, rows, keep, out)
+        return out
+
+    def _run_pieces(
+        self,
+        model: Any,
+        cache: Any,
+        scope: tuple[Any, ...],
+        todo: dict[int, list[tuple[int, ...]]],
+        rows: dict[tuple[int, ...], list[int]],
+        keep: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """States of the pieces in ``todo`` into ``out`` (rows as ``rows`` says) and into the cache."""
         for length, keys in sorted(todo.items()):
             keep_row = keep[rows[keys[0]][0], :length].to(torch.float32)  # same layout for every piece of a length
-            per_call = max(1, budget // length)
-            for start in range(0, len(keys), per_call):
-                chunk = keys[start : start + per_call]
-                x = torch.tensor(chunk, dtype=torch.long, device=ids.device)
+            # One piece per call: the matrix shapes then depend on the piece alone. Batching pieces made
+            # a state depend, in its last bits, on how many other pieces shared the call (the BLAS
+            # kernel differs with the row count), so a case's risk depended on its batch.
+            for key in keys:
+                x = torch.tensor([key], dtype=torch.long, device=out.device)
                 hidden = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state.float()
-                states = (hidden * keep_row[None, :, None]).sum(1) / keep_row.sum().clamp(min=1.0)
-                for key, state in zip(chunk, states, strict=True):
-                    out[rows[key]] = state
-                    cache.put(scope, key, state.detach().cpu())
-        return out
+                state = ((hidden[0] * keep_row[:, None]).sum(0) / keep_row.sum().clamp(min=1.0)).detach()
+                out[rows[key]] = state
+                cache.put(scope, key, state.cpu())
 
     def _states(
         self, hidden: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, window_type: torch.Tensor, present: Any

@@ -179,3 +179,24 @@ def test_cached_states_equal_computed_states(spec: TaskSpec) -> None:
     assert store.hits == hits + int(batch["attention_mask"].any(-1).sum())  # every piece came from the cache
     assert torch.equal(first["token_states"], second["token_states"])
     torch.testing.assert_close(first["token_states"], enc_u.precompute(batch)["token_states"], atol=2e-5, rtol=1e-4)
+
+
+def test_states_do_not_depend_on_the_batch_or_the_thread_count(spec: TaskSpec) -> None:
+    # No cache: every state is computed, so equality shows the computation itself is independent of
+    # the other cases in the batch and of the process's thread count (Ray workers run one thread).
+    plugin = ClinicalNotesPlugin(NotesConfig(unit="sentence", sentence_cache_size=0))
+    enc = plugin.build_encoder(D_MODEL, spec)
+    assert isinstance(enc, NotesEncoder)
+    first = plugin.load([NoteRef(" ".join(SENTENCES).encode())], spec)
+    other = plugin.load([NoteRef(" ".join(reversed(SENTENCES)).encode()), NoteRef(b"Denies fevers.")], spec)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        together = enc.precompute(plugin.collate([other, first], spec))
+        assert torch.get_num_threads() == 2  # restored after the one-thread section
+        torch.set_num_threads(1)
+        alone = enc.precompute(plugin.collate([first], spec))
+    finally:
+        torch.set_num_threads(threads)
+    n = int(alone["token_valid"].sum())
+    assert n > 0 and torch.equal(together["token_states"][1, :n], alone["token_states"][0, :n])
