@@ -1,4 +1,4 @@
-"""Post-hoc calibration on validation: temperature scaling, or Platt scaling (temperature and shift) per head."""
+"""Post-hoc calibration on validation: Platt scaling (a temperature and a shift) per head, or the temperature alone."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ import torch
 
 T_RANGE = (0.05, 20.0)  # a degenerate validation split (e.g. perfectly separated) cannot give an absurd value
 SHIFT_RANGE = (-5.0, 5.0)  # in logits
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 200) -> float:
-    """Temperature ``T > 0`` minimising BCE of ``sigmoid(logits / T)`` against ``labels`` (1-D tensors)."""
-    return fit_platt(logits, labels, max_iter, shift=False)[0]
 
 
 def fit_platt(

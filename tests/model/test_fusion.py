@@ -6,7 +6,7 @@ import torch
 from toy_plugins import TOY_SPEC, ToyImagingEncoder, ToyTabularEncoder
 
 from mmclinic.model.batching import concat_cases
-from mmclinic.model.calibration import fit_platt, fit_temperature
+from mmclinic.model.calibration import fit_platt
 from mmclinic.model.fusion import FusionConfig, FusionModel
 
 
@@ -109,9 +109,9 @@ def test_temperature_recovers_known_scale() -> None:
     g = torch.Generator().manual_seed(0)
     z = torch.randn(20000, generator=g) * 3
     y = (torch.rand(20000, generator=g) < torch.sigmoid(z / 2.5)).float()
-    t = fit_temperature(z, y)
+    t = fit_platt(z, y, shift=False)[0]
     assert abs(t - 2.5) < 0.15
-    assert fit_temperature(z, torch.ones_like(z)) == 1.0  # one class: nothing to fit
+    assert fit_platt(z, torch.ones_like(z), shift=False)[0] == 1.0  # one class: nothing to fit
 
 
 def test_platt_recovers_known_scale_and_shift() -> None:
@@ -122,7 +122,7 @@ def test_platt_recovers_known_scale_and_shift() -> None:
     assert abs(t - 2.0) < 0.15 and abs(s + 0.7) < 0.1
     # A temperature alone cannot remove the shift: its fit is worse on the same data.
     bce = torch.nn.functional.binary_cross_entropy_with_logits
-    t_only = fit_temperature(z, y)
+    t_only = fit_platt(z, y, shift=False)[0]
     assert bce(z / t + s, y) < bce(z / t_only, y) - 1e-3
     assert fit_platt(z, torch.zeros_like(z)) == (1.0, 0.0)
 

@@ -15,11 +15,8 @@ A "window" below is one model sequence: a sentence piece (unit=sentence) or an o
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import threading
-from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -29,6 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 from mmclinic.errors import ConfigError, ModelError
 from mmclinic.logs import event
 from mmclinic.plugin_api import EncoderOutput
+from mmclinic.threads import torch_threads
 from mmclinic_clinical_notes.backbone import (
     attention_mask_for_layers,
     backbone_parts,
@@ -41,28 +39,6 @@ from mmclinic_clinical_notes.config import NotesConfig
 from mmclinic_clinical_notes.piece_cache import piece_cache
 
 log = logging.getLogger(__name__)
-_ONE_THREAD_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _one_intra_op_thread(device: torch.device) -> Iterator[None]:
-    """CPU work inside runs on one intra-op thread, whatever the process uses elsewhere.
-
-    A sentence piece is a few rows; with two threads the BLAS splits such small products another way
-    than with one, so a state (and a risk) differed in its last bits between a two-thread process and
-    a one-thread Ray worker. One thread costs nothing at these sizes. The lock keeps concurrent
-    callers from restoring each other's setting.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    with _ONE_THREAD_LOCK:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
 
 Batch = dict[str, torch.Tensor]
@@ -202,39 +178,27 @@ class NotesEncoder(nn.Module):
         rows: dict[tuple[int, ...], list[int]] = {}
         for i, length in enumerate(lengths):
             rows.setdefault(tuple(ids[i, :length].tolist()), []).append(i)
-        todo: dict[int, list[tuple[int, ...]]] = {}
+        todo: list[tuple[int, ...]] = []
         for key, where in rows.items():
             hit = cache.get(scope, key)
             if hit is None:
-                todo.setdefault(len(key), []).append(key)
+                todo.append(key)
             else:
                 out[where] = hit.to(out.device)
-        with _one_intra_op_thread(ids.device):
-            self._run_pieces(model, cache, scope, todo, rows, keep, out)
-        return out
-
-    def _run_pieces(
-        self,
-        model: Any,
-        cache: Any,
-        scope: tuple[Any, ...],
-        todo: dict[int, list[tuple[int, ...]]],
-        rows: dict[tuple[int, ...], list[int]],
-        keep: torch.Tensor,
-        out: torch.Tensor,
-    ) -> None:
-        """States of the pieces in ``todo`` into ``out`` (rows as ``rows`` says) and into the cache."""
-        for length, keys in sorted(todo.items()):
-            keep_row = keep[rows[keys[0]][0], :length].to(torch.float32)  # same layout for every piece of a length
-            # One piece per call: the matrix shapes then depend on the piece alone. Batching pieces made
-            # a state depend, in its last bits, on how many other pieces shared the call (the BLAS
-            # kernel differs with the row count), so a case's risk depended on its batch.
-            for key in keys:
+        # Each piece runs alone, on one intra-op thread: the products' shapes and their split then depend
+        # on the piece only. Sharing a call with other pieces, or a second thread, changes the BLAS
+        # kernel for these few-row products and so a state's last bits: a risk then depended on its
+        # batch and differed between a two-thread process and a one-thread Ray worker.
+        with torch_threads(1 if ids.device.type == "cpu" else 0):
+            for key in todo:
+                where = rows[key]
+                keep_row = keep[where[0], : len(key)].to(torch.float32)
                 x = torch.tensor([key], dtype=torch.long, device=out.device)
                 hidden = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state.float()
                 state = ((hidden[0] * keep_row[:, None]).sum(0) / keep_row.sum().clamp(min=1.0)).detach()
-                out[rows[key]] = state
+                out[where] = state
                 cache.put(scope, key, state.cpu())
+        return out
 
     def _states(
         self, hidden: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, window_type: torch.Tensor, present: Any

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,6 +13,7 @@ from monai.transforms.intensity.array import ScaleIntensityRange
 from monai.transforms.spatial.array import Orientation, Spacing, Zoom
 
 from mmclinic.plugin_api import ImagingSpec
+from mmclinic.threads import torch_threads
 from mmclinic_imaging_dicom.coords import LPS_TO_RAS
 from mmclinic_imaging_dicom.pixels import Volume
 
@@ -46,32 +44,6 @@ def to_metatensor(volume: Volume) -> MetaTensor:
     image = torch.from_numpy(volume.hu()).unsqueeze(0)
     affine = LPS_TO_RAS @ volume.geometry.affine_lps[:, [2, 1, 0, 3]]
     return MetaTensor(image, affine=torch.as_tensor(affine, dtype=torch.float64), meta={"space": "RAS"})
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 0
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads (0: unchanged); safe when several loads overlap."""
-    global _threads_users, _threads_saved
-    if n <= 0:
-        yield
-        return
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(n)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
 
 
 def _block_average(img: MetaTensor, spacing_mm: tuple[float, float, float]) -> MetaTensor:
