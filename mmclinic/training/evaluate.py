@@ -226,6 +226,9 @@ def _goals(r: dict[str, Any]) -> dict[str, Any]:
             "met": auc >= bayes - 0.03,
         }
     goals["ece"] = {"target": "<= 0.03", "value": r["fused"]["ece"], "met": r["fused"]["ece"] <= 0.03}
+    ref = r["fused"].get("ece_if_calibrated")
+    if ref:  # what sampling noise alone gives on this cohort: the scale against which to read the value
+        goals["ece"]["if_calibrated_90pct"] = [ref["p05"], ref["p95"]]
     singles = {k: v for k, v in r["compare"].items() if len(v["modalities"]) == 1}
     if singles:
         best = max(singles, key=lambda k: singles[k]["auroc"])

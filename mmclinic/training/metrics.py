@@ -85,6 +85,32 @@ def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
     return float(sum(b["count"] * abs(b["mean_prob"] - b["freq"]) for b in bins) / p.size)
 
 
+def ece_if_calibrated(probs: ArrayLike, n_bins: int = 15, n_sim: int = 1000, seed: int = 0) -> dict[str, float]:
+    """ECE that a perfectly calibrated model with exactly these risks would show: mean and 90 % range.
+
+    Labels are drawn as Bernoulli(risk) ``n_sim`` times. On a finite cohort the binned ECE is biased
+    upwards by sampling noise alone, so a measured ECE means little without this reference.
+    """
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if p.size == 0:
+        return {"mean": float("nan"), "p05": float("nan"), "p95": float("nan")}
+    idx = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+    onehot = np.zeros((p.size, n_bins))
+    onehot[np.arange(p.size), idx] = 1.0
+    count = onehot.sum(0)
+    used = count > 0
+    mean_p = (p @ onehot)[used] / count[used]
+    rng = np.random.default_rng(seed)
+    sims = np.empty(n_sim)
+    for start in range(0, n_sim, 100):  # blocks bound memory at 100 × n labels
+        k = min(100, n_sim - start)
+        y = (rng.random((k, p.size)) < p).astype(np.float64)
+        freq = (y @ onehot)[:, used] / count[used]
+        sims[start : start + k] = (count[used] * np.abs(freq - mean_p)).sum(1) / p.size
+    lo, hi = np.percentile(sims, [5, 95])
+    return {"mean": float(sims.mean()), "p05": float(lo), "p95": float(hi)}
+
+
 def roc_points(scores: ArrayLike, labels: ArrayLike) -> tuple[F, F, F]:
     """(false-positive rate, true-positive rate, threshold) for every distinct score, descending."""
     s, y = _arrays(scores, labels)
@@ -308,6 +334,7 @@ def summarize(
         "auprc_ci95": list(bootstrap_ci(auprc, s, yy, n_boot, seed + 1)),
         "brier": brier(s, yy),
         "ece": ece(s, yy, n_bins),
+        "ece_if_calibrated": ece_if_calibrated(s, n_bins, seed=seed),
         "threshold": float(threshold),
         "sensitivity": sens,
         "specificity": spec,

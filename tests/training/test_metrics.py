@@ -18,6 +18,7 @@ from mmclinic.training.metrics import (
     brier,
     detection_metrics,
     ece,
+    ece_if_calibrated,
     evaluate_predictions,
     paired_bootstrap_delta,
     sens_spec,
@@ -55,6 +56,25 @@ def test_brier_ece_and_calibration() -> None:
     y = (rng.random(40000) < p).astype(float)
     assert ece(p, y) < 0.015  # calibrated by construction
     assert ece(np.clip(p + 0.2, 0, 1), y) > 0.1  # shifted: clearly miscalibrated
+
+
+def test_ece_reference_of_a_calibrated_model() -> None:
+    rng = np.random.default_rng(3)
+    p = rng.beta(1.0, 4.0, 1000)
+    ref = ece_if_calibrated(p, seed=1)
+    assert 0.0 < ref["p05"] < ref["mean"] < ref["p95"] < 0.1
+    assert ece_if_calibrated(p, seed=1) == ref  # seeded: the report is reproducible
+    # Labels drawn from the risks themselves: the measured ECE falls inside the 90 % range most of the time.
+    inside = 0
+    for k in range(40):
+        y = (np.random.default_rng(100 + k).random(p.size) < p).astype(float)
+        inside += ref["p05"] <= ece(p, y) <= ref["p95"]
+    assert inside >= 30
+    # Noise shrinks with the cohort: ten times the cases, a much lower reference.
+    assert ece_if_calibrated(np.tile(p, 10), seed=1)["mean"] < 0.5 * ref["mean"]
+    # A clearly miscalibrated model lies far above the range.
+    y = (rng.random(p.size) < np.clip(p + 0.15, 0, 1)).astype(float)
+    assert ece(p, y) > ref["p95"]
 
 
 def test_operating_point_and_bootstrap() -> None:
