@@ -62,10 +62,15 @@ def brier(probs: ArrayLike, labels: ArrayLike) -> float:
     return float(np.mean((p - (y > 0.5)) ** 2)) if p.size else float("nan")
 
 
+def _bin_of(p: F, n_bins: int) -> NDArray[np.int64]:
+    """Equal-width calibration bin of every probability (1.0 falls in the last bin)."""
+    return np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+
+
 def reliability(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> list[dict[str, float]]:
     """Equal-width bins: count, mean predicted probability, observed frequency (empty bins left out)."""
     p, y = _arrays(probs, labels)
-    idx = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+    idx = _bin_of(p, n_bins)
     out = []
     for b in range(n_bins):
         sel = idx == b
@@ -94,9 +99,8 @@ def ece_if_calibrated(probs: ArrayLike, n_bins: int = 15, n_sim: int = 1000, see
     p = np.asarray(probs, dtype=np.float64).ravel()
     if p.size == 0:
         return {"mean": float("nan"), "p05": float("nan"), "p95": float("nan")}
-    idx = np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
     onehot = np.zeros((p.size, n_bins))
-    onehot[np.arange(p.size), idx] = 1.0
+    onehot[np.arange(p.size), _bin_of(p, n_bins)] = 1.0
     count = onehot.sum(0)
     used = count > 0
     mean_p = (p @ onehot)[used] / count[used]
