@@ -40,7 +40,6 @@ from mmclinic_clinical_notes.piece_cache import piece_cache
 
 log = logging.getLogger(__name__)
 
-
 Batch = dict[str, torch.Tensor]
 
 
