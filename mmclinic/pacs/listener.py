@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,16 +125,20 @@ def tls_context(settings: PacsSettings) -> ssl.SSLContext | None:
 
 
 # pynetdicom's acceptor polls, and each poll interval is latency added to every C-STORE.
-# - Its DUL thread (socket + outgoing queue) sleeps 1 ms whenever a loop found nothing to do. Right
-#   after it sent a response the peer's next request is imminent, so for a short window it looks
-#   every 0.1 ms; otherwise (an idle association, or while a handler runs) it keeps pynetdicom's 1 ms.
+# - Its DUL thread (socket + outgoing queue) sleeps 1 ms whenever a loop found nothing to do, so a
+#   response waits up to 1 ms before it is sent, and polling faster would take the GIL from the
+#   handler many times a millisecond. Here that pause is a wait on the socket and on a wake-up
+#   channel that ``send_pdu`` signals: the DUL runs the moment the peer sends or a response is
+#   queued, and sleeps otherwise. The wait is bounded, so kills and expired timers are still seen.
 # - Its association thread sleeps 1 ms per loop and then only peeks at the queue of decoded
 #   messages. Waiting on that queue instead hands a message over the moment it is complete and
-#   burns no CPU; the wait is bounded so the loop still checks release, abort and timeouts.
-_DUL_IDLE_SLEEP_S = 0.001
-_DUL_EXPECT_SLEEP_S = 0.0001
-_DUL_EXPECT_WINDOW_S = 0.005
-_MSG_WAIT_S = 0.002
+#   burns no CPU; the wait is bounded so the loop still checks release, abort and timeouts. The
+#   longer the wait, the rarer a message lands in the fixed 1 ms sleep between two waits.
+# - Its socket reads a PDU 4 KiB per call into a growing buffer (about 25 calls for a 100 KiB
+#   PDU); here it reads into one buffer of the PDU's size, as much per call as has arrived.
+_DUL_MAX_WAIT_S = 0.01
+_DUL_FALLBACK_SLEEP_S = 0.001  # pynetdicom's own pause, where there is nothing to wait on
+_MSG_WAIT_S = 0.02
 
 
 def _prompt_dimse_class() -> type[Any]:
@@ -158,28 +162,109 @@ def _prompt_dimse_class() -> type[Any]:
     return PromptDIMSE
 
 
-def _expectant_dul_class() -> type[Any]:
+def _waking_dul_class() -> type[Any]:
     from pynetdicom.dul import DULServiceProvider
 
-    class ExpectantDUL(DULServiceProvider):
-        """DUL provider that polls quickly just after sending, when the peer's next PDU is due (see above)."""
+    class WakingDUL(DULServiceProvider):
+        """DUL provider that waits on its socket and a wake-up channel instead of sleeping (see above).
 
-        _last_sent = -1e9
+        pynetdicom's reactor loop stays as it is: it sleeps ``_run_loop_delay`` when idle, and on the
+        DUL's own thread reading that value does the wait and yields 0. ``open_wakeup`` must be called
+        before the thread starts; the channel is a socket pair (not raw fds), so a late wake-up after
+        the thread ended fails harmlessly instead of writing to a reused descriptor.
+        """
+
+        _wake: tuple[socket.socket, socket.socket] | None = None
+
+        def open_wakeup(self) -> None:
+            pair = socket.socketpair()
+            for end in pair:
+                end.setblocking(False)
+            self._wake = (pair[0], pair[1])
+
+        def _signal(self) -> None:
+            wake = self._wake
+            if wake is not None:
+                # Full: a wake-up is pending anyway. Closed: the reactor has ended.
+                with contextlib.suppress(OSError):
+                    wake[1].send(b"\0")
+
+        def send_pdu(self, primitive: Any) -> None:
+            super().send_pdu(primitive)
+            self._signal()
+
+        def kill_dul(self) -> None:
+            super().kill_dul()
+            self._signal()
 
         @property
         def _run_loop_delay(self) -> float:
-            recent = time.monotonic() - self._last_sent < _DUL_EXPECT_WINDOW_S
-            return _DUL_EXPECT_SLEEP_S if recent else _DUL_IDLE_SLEEP_S
+            if threading.current_thread() is not self or self._wake is None or not self._wait_for_work():
+                return _DUL_FALLBACK_SLEEP_S
+            return 0.0
 
         @_run_loop_delay.setter
         def _run_loop_delay(self, value: float) -> None:
             """pynetdicom assigns its fixed delay in ``__init__``; the getter decides instead."""
 
-        def _send(self, pdu: Any) -> None:
-            super()._send(pdu)
-            self._last_sent = time.monotonic()
+        def _wait_for_work(self) -> bool:
+            """Block until the socket is readable, a PDU is queued to send, or the bound passes.
 
-    return ExpectantDUL
+            False when there is no connected socket to wait on (the caller sleeps instead).
+            """
+            wake, transport = self._wake, self.socket
+            if wake is None or transport is None or transport.socket is None or not transport._is_connected:
+                return False
+            sock = transport.socket
+            if self._kill_thread or not self.to_provider_queue.empty():
+                return True
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes select cannot see
+                return True
+            try:
+                ready, _, _ = select.select([sock, wake[0]], [], [], _DUL_MAX_WAIT_S)
+            except (OSError, ValueError):  # closed meanwhile: the reactor's own checks notice
+                return False
+            if wake[0] in ready:
+                with contextlib.suppress(OSError):
+                    while wake[0].recv(4096):
+                        pass
+            return True
+
+        def run(self) -> None:
+            # ``run``, not ``run_reactor``: the thread's target was bound to pynetdicom's reactor
+            # before the class was swapped, while ``run`` is looked up when the thread starts.
+            try:
+                super().run()
+            finally:
+                wake, self._wake = self._wake, None
+                for end in wake or ():
+                    end.close()
+
+    return WakingDUL
+
+
+def _bulk_socket_class() -> type[Any]:
+    from pynetdicom.transport import AssociationSocket
+
+    class BulkReadSocket(AssociationSocket):
+        """AssociationSocket whose ``recv`` fills one buffer of the requested size (see above)."""
+
+        def recv(self, nr_bytes: int) -> bytearray:
+            sock = self.socket
+            assert sock is not None  # pynetdicom reads only from a connected socket
+            buf = bytearray(nr_bytes)
+            got = 0
+            with memoryview(buf) as view:
+                while got < nr_bytes:
+                    n = sock.recv_into(view[got:], nr_bytes - got)
+                    if not n:  # closed by the peer: what arrived, as pynetdicom returns it
+                        break
+                    got += n
+            if got < nr_bytes:
+                del buf[got:]
+            return buf
+
+    return BulkReadSocket
 
 
 class StorageSCP:
@@ -242,7 +327,8 @@ class StorageSCP:
         """Bind and serve in a background thread."""
         from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-        acse_cls, dimse_cls, dul_cls = _gated_acse_class(self.gate), _prompt_dimse_class(), _expectant_dul_class()
+        acse_cls, dimse_cls, dul_cls = _gated_acse_class(self.gate), _prompt_dimse_class(), _waking_dul_class()
+        socket_cls = _bulk_socket_class()
 
         class Handler(RequestHandler):
             def _create_association(self) -> Any:
@@ -251,7 +337,10 @@ class StorageSCP:
                 # Not started yet, so nothing holds the old DIMSE provider. The DUL already holds the
                 # socket and timers: it keeps its state and only gains the polling behaviour above.
                 assoc.dimse = dimse_cls(assoc)
-                assoc.dul.__class__ = dul_cls
+                dul: Any = assoc.dul
+                dul.__class__ = dul_cls
+                dul.open_wakeup()
+                dul.socket.__class__ = socket_cls
                 return assoc
 
         class Server(ThreadedAssociationServer):

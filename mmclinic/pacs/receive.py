@@ -16,10 +16,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mmclinic.case import sha256_bytes
 from mmclinic.config import PacsSettings
 from mmclinic.errors import ConflictError, InputError, MmclinicError, ResourceExhaustedError
 from mmclinic.logs import event
@@ -55,6 +56,7 @@ _SERIES_BY_UID = (
     .where(Series.series_uid == bindparam("uid"))
 )
 _INSTANCE_BY_UID = select(Instance.sha256, Instance.series_id).where(Instance.sop_uid == bindparam("uid"))
+_INSERT_INSTANCE = insert(Instance)
 # Received bytes are staged here (same file system as their final folder) until they may be published.
 INCOMING_DIR = ".incoming"
 ACCEPTED_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")  # CT, Enhanced CT
@@ -134,6 +136,7 @@ class Receiver:
         on_stored: Callable[[str], None] | None = None,
     ) -> None:
         self.factory, self.data_dir, self.settings = factory, data_dir, settings
+        self._engine: Engine = factory.kw["bind"]
         self.guard = ResourceGuard(factory, data_dir, settings)
         self.on_stored = on_stored
 
@@ -160,7 +163,7 @@ class Receiver:
         self.guard.check(len(data))
         staging = _Staging(data, self.data_dir / "dicom" / INCOMING_DIR)
         try:
-            parsed = parse_instance(data)
+            parsed = parse_instance(data, io_pool().submit(sha256_bytes, data).result)
             if context_sop_class and parsed.sop_class != context_sop_class:
                 raise InputError("pacs.sop_class_mismatch", "dataset SOP Class differs from the presentation context")
             if request_sop_uid and parsed.sop_uid != request_sop_uid:
@@ -168,10 +171,11 @@ class Receiver:
             path = instance_path(self.data_dir, parsed)
             for attempt in range(2):
                 try:
-                    with transaction(self.factory) as s:
-                        created = self._record(s, site, parsed, path)
+                    with self._engine.begin() as conn:
+                        created = self._record(conn, site, parsed, path)
                         # The file is durable (file + folder fsync'ed) before the row commits, and so
-                        # before Success; a crash in between leaves a file that no row names yet.
+                        # before Success; a crash in between leaves a file that no row names yet, and
+                        # the sender's retry then finds no row and writes the file again.
                         if created or not path.is_file():
                             staging.publish(path)
                     return StoreResult(SUCCESS, "ok", parsed.study_uid, created=created)
@@ -183,24 +187,27 @@ class Receiver:
             staging.discard()
 
     @staticmethod
-    def _record(s: Session, site: str, parsed: ParsedInstance, path: Path) -> bool:
+    def _record(conn: Connection, site: str, parsed: ParsedInstance, path: Path) -> bool:
         """Row for the instance (locks it until commit); True when new. Conflicting bytes raise.
 
         Every instance after a series' first takes the short way: one query for the series and its
-        study, one for the instance, one insert, in SQL expressions rather than ORM objects (the ORM
-        path costs several times the CPU). It applies ``record_instance``'s rules; anything else (new
-        series, another study or site) goes through ``record_instance`` itself.
+        study, one for the instance, one insert, as prepared Core statements on the connection (an
+        ORM session costs several times the CPU per instance). It applies ``record_instance``'s
+        rules; anything else (new series, another study or site) goes through ``record_instance``
+        itself, in a session joined to this transaction.
         """
-        conn = s.connection()
         series = conn.execute(_SERIES_BY_UID, {"uid": parsed.series_uid}).first()
         if series is None or series.study_uid != parsed.study_uid or series.site != site:
-            try:
-                _, created = record_instance(
-                    s, site, parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality,
-                    parsed.sha256, str(path), len(parsed.data),
-                )  # fmt: skip
-            except ConflictError as exc:
-                raise ConflictError("pacs.instance_conflict", exc.reason) from exc
+            # Bound to a connection inside a transaction, the session joins it and never commits it.
+            with Session(bind=conn) as s:
+                try:
+                    _, created = record_instance(
+                        s, site, parsed.study_uid, parsed.series_uid, parsed.sop_uid, parsed.modality,
+                        parsed.sha256, str(path), len(parsed.data),
+                    )  # fmt: skip
+                except ConflictError as exc:
+                    raise ConflictError("pacs.instance_conflict", exc.reason) from exc
+                s.flush()
             return created
         known = conn.execute(_INSTANCE_BY_UID, {"uid": parsed.sop_uid}).first()
         if known is not None:
@@ -208,10 +215,11 @@ class Receiver:
                 raise ConflictError("pacs.instance_conflict", "conflict.instance_changed")
             return False
         conn.execute(
-            insert(Instance).values(
-                series_id=series.id, sop_uid=parsed.sop_uid, sha256=parsed.sha256,
-                storage_path=str(path), size_bytes=len(parsed.data),
-            )
+            _INSERT_INSTANCE,
+            {
+                "series_id": series.id, "sop_uid": parsed.sop_uid, "sha256": parsed.sha256,
+                "storage_path": str(path), "size_bytes": len(parsed.data),
+            },
         )  # fmt: skip
         return True
 

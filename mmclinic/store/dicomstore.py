@@ -44,8 +44,12 @@ def _uid(ds: object, keyword: str) -> str:
     return value
 
 
-def parse_instance(data: bytes) -> ParsedInstance:
-    """Read just enough of a DICOM Part 10 file to file it; InputError if it is not one."""
+def parse_instance(data: bytes, digest: Callable[[], str] | None = None) -> ParsedInstance:
+    """Read just enough of a DICOM Part 10 file to file it; InputError if it is not one.
+
+    ``digest`` returns the SHA-256 of ``data`` where the caller computes it elsewhere (the PACS
+    receiver hashes on a pool thread, which hashlib lets run beside this parse).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -62,7 +66,7 @@ def parse_instance(data: bytes) -> ParsedInstance:
         series_uid=_uid(ds, "SeriesInstanceUID"),
         sop_uid=_uid(ds, "SOPInstanceUID"),
         modality=str(getattr(ds, "Modality", "") or "")[:16],
-        sha256=sha256_bytes(data),
+        sha256=digest() if digest is not None else sha256_bytes(data),
         data=data,
         sop_class=_sop_class(ds),
     )

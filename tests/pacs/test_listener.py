@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +88,37 @@ def test_malformed_dataset_gets_failure_and_listener_keeps_serving(
     assert status.Status == 0xA900 and status.ErrorComment == "dicom.missing_uid"
     assert scu_echo(service.scp.port) == 0
     assert scu_store(service.scp.port, study_files[:1]) == [0]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+def test_associations_leave_no_descriptors_behind(service: PacsService, study_files: list[Path]) -> None:
+    # Each association's DUL owns a wake-up socket pair; it must be closed when the association ends.
+    port = service.scp.port
+    assert scu_echo(port) == 0  # first association: lazily created pools and caches
+    before = _open_fds()
+    for _ in range(5):
+        assert scu_echo(port) == 0
+        assert scu_store(port, study_files[:1]) == [0]
+    deadline = time.monotonic() + 5
+    while _open_fds() > before and time.monotonic() < deadline:  # association threads wind down
+        time.sleep(0.05)
+    assert _open_fds() <= before
+
+
+def test_bulk_socket_reads_whole_pdus_and_stops_at_close() -> None:
+    from mmclinic.pacs.listener import _bulk_socket_class
+
+    a, b = socket.socketpair()
+    with a, b:
+        wrapped = _bulk_socket_class().__new__(_bulk_socket_class())
+        wrapped.socket = a
+        payload = bytes(range(256)) * 1000
+        sender = threading.Thread(target=lambda: (b.sendall(payload), b.close()))
+        sender.start()
+        assert wrapped.recv(100_000) == payload[:100_000]  # arrives in many segments, one buffer
+        assert wrapped.recv(500_000) == payload[100_000:]  # the peer closed early: what arrived
+        sender.join()

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+from _support import enter_test_database
 from sqlalchemy import func, select
 
 from mmclinic.pacs.receive import Receiver
 from mmclinic.pacs.testing import Store, make_settings
+from mmclinic.store import db as dbmod
 from mmclinic.store.models import AuditEvent, Instance
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The receiver's SQL runs as Core statements on the connection: every test here runs on both backends."""
+    ctx, url = enter_test_database(str(request.param), tmp_path)
+    engine = dbmod.create_db_engine(url)
+    try:
+        dbmod.upgrade(engine)
+        data_dir = tmp_path / "var"
+        data_dir.mkdir()
+        yield Store(engine, dbmod.session_factory(engine), data_dir)
+    finally:
+        engine.dispose()
+        ctx.__exit__(None, None, None)
 
 
 def _receiver(store: Store, **pacs: object) -> Receiver:
