@@ -14,18 +14,55 @@ from mmclinic.pacs.sr import ResultIds
 SEG_SERIES_NUMBER = 9902
 
 
-def lesion_mask(pred: Prediction, sources: Sequence[Dataset]) -> Any:
-    """Boolean ``[slices, rows, cols]`` mask: voxels whose LPS centre lies inside a finding's sphere."""
+def _frame_planes(sources: Sequence[Dataset]) -> list[tuple[Any, Any, Any, float, float]]:
+    """``(origin, row_dir, col_dir, row spacing, column spacing)`` of every frame, in source order.
+
+    Single-frame images carry their plane at the top level; a multi-frame (Enhanced CT) image in
+    its functional groups, per frame where present, else shared.
+    """
     import numpy as np
 
+    def plane(item: Dataset, shared: Dataset | None, origin: Any) -> tuple[Any, Any, Any, float, float]:
+        def find(seq: str, keyword: str) -> Any:
+            for holder in (item, shared):
+                if holder is not None and seq in holder and keyword in holder[seq].value[0]:
+                    return holder[seq].value[0][keyword].value
+            raise KeyError(keyword)
+
+        iop = [
+            float(v)
+            for v in (
+                item.ImageOrientationPatient
+                if shared is None
+                else find("PlaneOrientationSequence", "ImageOrientationPatient")
+            )
+        ]
+        dr, dc = (
+            float(v) for v in (item.PixelSpacing if shared is None else find("PixelMeasuresSequence", "PixelSpacing"))
+        )
+        return np.asarray([float(v) for v in origin]), np.asarray(iop[:3]), np.asarray(iop[3:]), dr, dc
+
+    planes = []
+    for ds in sources:
+        if "PerFrameFunctionalGroupsSequence" not in ds:
+            planes.append(plane(ds, None, ds.ImagePositionPatient))
+            continue
+        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            pos = item.PlanePositionSequence[0] if "PlanePositionSequence" in item else shared.PlanePositionSequence[0]
+            planes.append(plane(item, shared, pos.ImagePositionPatient))
+    return planes
+
+
+def lesion_mask(pred: Prediction, sources: Sequence[Dataset]) -> Any:
+    """Boolean ``[frames, rows, cols]`` mask: voxels whose LPS centre lies inside a finding's sphere."""
+    import numpy as np
+
+    planes = _frame_planes(sources)
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-    mask = np.zeros((len(sources), rows, cols), dtype=bool)
+    mask = np.zeros((len(planes), rows, cols), dtype=bool)
     jj, ii = np.mgrid[0:rows, 0:cols]
-    for k, ds in enumerate(sources):
-        origin = np.asarray([float(v) for v in ds.ImagePositionPatient])
-        iop = [float(v) for v in ds.ImageOrientationPatient]
-        row_dir, col_dir = np.asarray(iop[:3]), np.asarray(iop[3:])
-        dr, dc = (float(v) for v in ds.PixelSpacing)  # row spacing, column spacing
+    for k, (origin, row_dir, col_dir, dr, dc) in enumerate(planes):
         # PS3.3 C.7.6.2.1.1: P = origin + row_dir * col_index * dc + col_dir * row_index * dr
         pts = origin + ii[..., None] * dc * row_dir + jj[..., None] * dr * col_dir
         for f in pred.findings:
@@ -39,7 +76,10 @@ def build_seg(pred: Prediction, ids: ResultIds, sources: Sequence[Dataset]) -> D
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    ordered = sorted(sources, key=lambda d: float(d.ImagePositionPatient[2]))
+    # Single-frame slices in z order; a multi-frame image keeps its own frame order (highdicom
+    # takes one multi-frame source, and the mask follows its frames).
+    multi = any("PerFrameFunctionalGroupsSequence" in d for d in sources)
+    ordered = list(sources) if multi else sorted(sources, key=lambda d: float(d.ImagePositionPatient[2]))
     mask = lesion_mask(pred, ordered)
     if not mask.any():
         return None

@@ -102,6 +102,10 @@ class PacsService:
                     stats.exported += 1
                 except MmclinicError as exc:  # e.g. source files gone: log it, do not retry for ever
                     event(log, "pacs.export_failed", level=logging.WARNING, job=job_id, reason=exc.reason)
+                except Exception:  # a fault (database down, a bug): retried next tick; other jobs go on
+                    log.exception("export of a finished job failed")
+                    event(log, "pacs.export_failed", level=logging.WARNING, job=job_id, reason="pacs.export_error")
+                    continue
             else:
                 stats.jobs_failed += 1
                 event(log, "pacs.job_not_done", level=logging.WARNING, job=job_id, state=state)

@@ -117,3 +117,28 @@ def test_export_with_seg_when_enabled(store: Store, study_files: list[Path]) -> 
     assert [n.split("-")[0] for n in names] == ["seg", "sr"]
     seg = pydicom.dcmread(io.BytesIO(svc.outbox.get(names[0]) or b""))
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(study_files[0]).StudyInstanceUID
+
+
+def test_a_failing_export_is_retried_and_does_not_hold_up_other_jobs(store: Store, study_dirs: list[Path]) -> None:
+    svc = PacsService(make_settings(store.data_dir), store.factory)
+    for folder in study_dirs[:2]:
+        for f in sorted(folder.glob("*.dcm")):
+            svc.receiver.store(f.read_bytes(), "s1", "c")
+    assert svc.tick(now=1e12).jobs_queued == 2
+    _work(store)
+    first, _ = svc.watched()
+    real = svc.export_prediction
+    broken = {first}
+
+    def flaky(prediction_id: int) -> list[str]:
+        with store.factory() as s:
+            job_of = s.scalars(select(Job.id).where(Job.prediction_id == prediction_id)).one()
+        if job_of in broken:
+            raise RuntimeError("database went away")  # not an MmclinicError: a fault, not bad input
+        return real(prediction_id)
+
+    svc.export_prediction = flaky  # type: ignore[method-assign]
+    stats = svc.tick()
+    assert stats.exported == 1 and svc.watched() == [first]  # the other job went on; the failed one waits
+    broken.clear()
+    assert svc.tick().exported == 1 and svc.watched() == []

@@ -120,3 +120,38 @@ def test_seg_of_lesion_mask_is_valid(
     assert dciodvfy_errors(require_tool("dciodvfy"), path) == []
     far = _pred((Finding((9999.0, 9999.0, 9999.0), 5.0, 0.9, 0.7),))
     assert build_seg(far, ids, sources) is None
+
+
+def test_seg_of_an_enhanced_ct_source_follows_its_frames(tmp_path: Path, require_tool: Callable[[str], str]) -> None:
+    # Enhanced CT keeps its planes in functional groups, not at the top level: the mask must read them.
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "imaging"))
+    from imaging_dicom_factory import SeriesGeometry, write_enhanced_ct
+
+    from mmclinic.pacs.seg import build_seg, lesion_mask
+
+    geom = SeriesGeometry(rows=32, cols=32, n_slices=12)
+    # Frames stored out of z order: the mask must follow the frames as stored.
+    src = pydicom.dcmread(write_enhanced_ct(tmp_path / "enh.dcm", geom, frame_order=[3, 0, 1, 2, *range(4, 12)]))
+    centre = geom.voxel_to_lps(10, 20, 3)  # column 10, row 20, slice 3 = stored frame 0
+    pred = _pred((Finding(tuple(float(v) for v in centre), 12.0, 0.9, 0.7),))  # type: ignore[arg-type]
+    mask = lesion_mask(pred, [src])
+    assert mask.shape == (12, 32, 32)
+    _, j, i = np.argwhere(mask).mean(axis=0)
+    assert abs(i - 10) < 0.5 and abs(j - 20) < 0.5
+    # Frame 0 holds the centre slice; frames 3 and 4 the slices 5 mm either side; frame 1 (slice 0) is 15 mm off.
+    assert mask[0].sum() > mask[3].sum() > 0 and mask[4].sum() > 0 and mask[1].sum() == 0
+    # Type 2 attributes a scanner writes and the factory skips.
+    for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+        setattr(src, keyword, getattr(src, keyword, ""))
+    for keyword in ("StudyDate", "StudyTime"):
+        setattr(src, keyword, getattr(src, keyword, ""))
+    ids = ResultIds.for_key("9:fp:enh", "w")
+    seg = build_seg(pred, ids, [src])
+    assert seg is not None and int(seg.NumberOfFrames) >= 1
+    path = tmp_path / "seg.dcm"
+    path.write_bytes(to_bytes(seg))
+    assert dciodvfy_errors(require_tool("dciodvfy"), path) == []
