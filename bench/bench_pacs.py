@@ -1,8 +1,8 @@
 """C-STORE receive throughput: the mmclinic listener vs dcmtk ``storescp``, same files, one association each.
 
 Both receivers write every instance to disk in the same scratch folder (bench/_work, a real disk,
-not tmpfs: the listener's fsync of file + folder + database commit before Success is part of what
-is measured; storescp does not fsync). The sender is dcmtk ``storescu`` in both cases, so the
+not tmpfs: the listener's fsync of file + folder and its database commit before Success are part of
+what is measured; storescp does not fsync). The sender is dcmtk ``storescu`` in both cases, so the
 sender's cost is identical. Each timed run goes to a fresh receiver (a second run to the same
 listener would hit the "same bytes again" shortcut and measure nothing).
 """
@@ -125,7 +125,7 @@ def bench() -> list[dict[str, Any]]:
         big = _study(root, 512, 48)
         small = _study(root, 64, 32)
         return [
-            _row("pacs_cstore_receive_512", big, root / "a", "fsync file+dir+SQLite commit per instance"),
+            _row("pacs_cstore_receive_512", big, root / "a", "fsync file+dir, SQLite WAL commit (synchronous=NORMAL) per instance"),
             _row("pacs_cstore_receive_64", small, root / "b", "per-instance overhead dominates; informational"),
         ]
     finally:

@@ -145,9 +145,8 @@ def test_seg_of_an_enhanced_ct_source_follows_its_frames(tmp_path: Path, require
     # Frame 0 holds the centre slice; frames 3 and 4 the slices 5 mm either side; frame 1 (slice 0) is 15 mm off.
     assert mask[0].sum() > mask[3].sum() > 0 and mask[4].sum() > 0 and mask[1].sum() == 0
     # Type 2 attributes a scanner writes and the factory skips.
-    for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
-        setattr(src, keyword, getattr(src, keyword, ""))
-    for keyword in ("StudyDate", "StudyTime"):
+    type2 = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID", "StudyDate")
+    for keyword in (*type2, "StudyTime"):
         setattr(src, keyword, getattr(src, keyword, ""))
     ids = ResultIds.for_key("9:fp:enh", "w")
     seg = build_seg(pred, ids, [src])
