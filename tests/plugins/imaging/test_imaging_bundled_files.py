@@ -14,7 +14,7 @@ from mmclinic.errors import InputError
 
 
 def _bundled() -> list[Path]:
-    # Listed from disk: pydicom's get_testdata_files() tries to download the rest and hangs offline.
+    # Listed from disk: pydicom's own test-data lookup (get_testdata_files) downloads what is missing and hangs offline.
     return sorted(p for p in TEST_FILES.rglob("*") if p.is_file())
 
 
