@@ -125,7 +125,7 @@ def bench() -> list[dict[str, Any]]:
         big = _study(root, 512, 48)
         small = _study(root, 64, 32)
         return [
-            _row("pacs_cstore_receive_512", big, root / "a", "fsync file+dir, SQLite WAL commit (synchronous=NORMAL) per instance"),
+            _row("pacs_cstore_receive_512", big, root / "a", "fsync file+dir, SQLite WAL commit (NORMAL) per instance"),
             _row("pacs_cstore_receive_64", small, root / "b", "per-instance overhead dominates; informational"),
         ]
     finally:

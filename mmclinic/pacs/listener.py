@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmclinic.config import PacsPeer, PacsSettings
 from mmclinic.errors import ConfigError
 from mmclinic.logs import event
+from mmclinic.pacs.dimse_fast import part10_header, store_response_bytes
 from mmclinic.pacs.receive import ACCEPTED_SOP_CLASSES, Receiver, listener_actor
 from mmclinic.store.audit import record
 from mmclinic.store.db import transaction
@@ -143,6 +144,7 @@ _MSG_WAIT_S = 0.02
 
 def _prompt_dimse_class() -> type[Any]:
     from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.pdu_primitives import P_DATA
 
     class PromptDIMSE(DIMSEServiceProvider):
         """DIMSE provider whose non-blocking ``get_msg`` waits briefly for the next message (see above).
@@ -158,6 +160,18 @@ def _prompt_dimse_class() -> type[Any]:
                 return self.msg_queue.get(timeout=_MSG_WAIT_S)
             except queue.Empty:
                 return None, None
+
+        def send_msg(self, primitive: Any, context_id: int) -> None:
+            # C-STORE responses skip pynetdicom's pydicom round trip (see dimse_fast). pynetdicom's
+            # EVT_DIMSE_SENT is not triggered for them; this listener binds no handler to it.
+            command = store_response_bytes(primitive)
+            limit = self.maximum_pdu_size
+            if command is None or (limit and len(command) + 6 > limit):  # + PDV header: one fragment only
+                super().send_msg(primitive, context_id)
+                return
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+            self.dul.send_pdu(pdata)
 
     return PromptDIMSE
 
@@ -267,6 +281,16 @@ def _bulk_socket_class() -> type[Any]:
     return BulkReadSocket
 
 
+def _part10(ev: Any) -> bytes:
+    """The received instance as a Part 10 file, as ``ev.encoded_dataset()`` gives it (see dimse_fast)."""
+    req = ev.request
+    uids = (req.AffectedSOPClassUID, req.AffectedSOPInstanceUID, ev.context.transfer_syntax)
+    header = part10_header(*(str(u) for u in uids)) if all(uids) else None
+    if header is None:
+        return bytes(ev.encoded_dataset(include_meta=True))
+    return header + bytes(req.DataSet.getvalue())
+
+
 class StorageSCP:
     """The running listener. ``start()`` binds (port 0 picks a free port, see ``port``); ``stop()`` shuts it."""
 
@@ -293,7 +317,7 @@ class StorageSCP:
         site = getattr(ev.assoc, "mmclinic_site", None) or "default"
         client = f"{ev.assoc.requestor.ae_title}@{ev.assoc.requestor.address}"
         try:
-            data = ev.encoded_dataset(include_meta=True)
+            data = _part10(ev)
         except Exception:  # pynetdicom could not build file meta from the request
             data = b""
         result = self.receiver.store(
