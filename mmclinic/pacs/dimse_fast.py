@@ -101,3 +101,72 @@ def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> by
         )
     )
     return b"\x00" * 128 + b"DICM" + _explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+# C-STORE-RQ command elements (PS3.7 9.3.1.1): keyword and how the value is held.
+_STORE_RQ = {
+    0x0000: ("CommandGroupLength", "UL"),
+    0x0002: ("AffectedSOPClassUID", "UI"),
+    0x0100: ("CommandField", "US"),
+    0x0110: ("MessageID", "US"),
+    0x0700: ("Priority", "US"),
+    0x0800: ("CommandDataSetType", "US"),
+    0x1000: ("AffectedSOPInstanceUID", "UI"),
+    0x1030: ("MoveOriginatorApplicationEntityTitle", "AE"),
+    0x1031: ("MoveOriginatorMessageID", "US"),
+}
+_C_STORE_RQ = 0x0001
+_REQUIRED_RQ = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID")
+
+
+def decode_store_request(command: bytes) -> dict[str, int | str] | None:
+    """The fields of a C-STORE-RQ command set that announces a data set, or None for anything else.
+
+    Anything unexpected (another command, an element outside the C-STORE-RQ set, a malformed
+    length, non-ASCII text) returns None, and pynetdicom decodes the message instead.
+    """
+    fields: dict[str, int | str] = {}
+    pos, end = 0, len(command)
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        pos += 8
+        spec = _STORE_RQ.get(element) if group == 0 else None
+        if spec is None or end - pos < length:
+            return None
+        name, kind = spec
+        value = command[pos : pos + length]
+        pos += length
+        if kind in ("US", "UL"):
+            if length != (2 if kind == "US" else 4):
+                return None
+            fields[name] = struct.unpack("<H" if kind == "US" else "<I", value)[0]
+            continue
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        fields[name] = text.rstrip("\0 ") if kind == "UI" else text.strip(" ")
+    if fields.get("CommandField") != _C_STORE_RQ or fields.get("CommandDataSetType", _NO_DATA_SET) == _NO_DATA_SET:
+        return None
+    if any(name not in fields for name in _REQUIRED_RQ):
+        return None
+    return fields
+
+
+def store_request_primitive(context_id: int, fields: dict[str, int | str], data_set: bytes) -> Any:
+    """The C-STORE request primitive pynetdicom's ``message_to_primitive`` would build from these fields."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    rq = C_STORE()
+    for name, _ in _STORE_RQ.values():
+        if name in fields and name not in ("CommandGroupLength", "CommandField", "CommandDataSetType"):
+            setattr(rq, name, fields[name])
+    rq.DataSet = BytesIO(data_set)
+    rq._context_id = context_id
+    rq._dataset_path = None
+    rq._dataset_file = None
+    return rq

@@ -18,7 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmclinic.config import PacsPeer, PacsSettings
 from mmclinic.errors import ConfigError
 from mmclinic.logs import event
-from mmclinic.pacs.dimse_fast import part10_header, store_response_bytes
+from mmclinic.pacs.dimse_fast import (
+    decode_store_request,
+    part10_header,
+    store_request_primitive,
+    store_response_bytes,
+)
 from mmclinic.pacs.receive import ACCEPTED_SOP_CLASSES, Receiver, listener_actor
 from mmclinic.store.audit import record
 from mmclinic.store.db import transaction
@@ -160,6 +165,47 @@ def _prompt_dimse_class() -> type[Any]:
                 return self.msg_queue.get(timeout=_MSG_WAIT_S)
             except queue.Empty:
                 return None, None
+
+        # A C-STORE-RQ in progress on the short path: (context id, command fields, data fragments).
+        _fast: tuple[int, dict[str, int | str], list[bytes]] | None = None
+
+        def receive_primitive(self, primitive: Any) -> None:
+            # A C-STORE-RQ whose command arrives whole in its first PDV is decoded here (see
+            # dimse_fast), its data fragments joined once at the end; anything else, and any message
+            # pynetdicom has already begun, is pynetdicom's. EVT_DIMSE_RECV is not triggered for the
+            # short path; this listener binds no handler to it.
+            pdvs = list(primitive.presentation_data_value_list)
+            if self._fast is None:
+                if self.message is not None or not pdvs or pdvs[0][1][0] & 3 != 3:
+                    super().receive_primitive(primitive)
+                    return
+                fields = decode_store_request(bytes(pdvs[0][1][1:]))
+                if fields is None:
+                    super().receive_primitive(primitive)
+                    return
+                self._fast = (pdvs[0][0], fields, [])
+                pdvs = pdvs[1:]
+            while pdvs and self._fast is not None:
+                (context_id, data), pdvs = pdvs[0], pdvs[1:]
+                cx, fields, chunks = self._fast
+                if data[0] & 1 or context_id != cx:  # a command, or another context, inside a data set
+                    self._fast = None
+                    self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts the association
+                    return
+                chunks.append(bytes(data[1:]))
+                if data[0] & 2:  # last fragment of the data set
+                    self._fast = None
+                    try:
+                        rq = store_request_primitive(cx, fields, b"".join(chunks))
+                    except Exception:  # a value pynetdicom's primitive refuses: as pynetdicom treats it
+                        log.warning("received an invalid C-STORE request")
+                        self.dul.event_queue.put("Evt19")
+                        return
+                    self.msg_queue.put((cx, rq))
+            if pdvs:  # the next message began in the same P-DATA
+                rest = P_DATA()
+                rest.presentation_data_value_list.extend(pdvs)
+                self.receive_primitive(rest)
 
         def send_msg(self, primitive: Any, context_id: int) -> None:
             # C-STORE responses skip pynetdicom's pydicom round trip (see dimse_fast). pynetdicom's

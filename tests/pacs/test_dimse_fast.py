@@ -85,3 +85,105 @@ def test_part10_bytes_equal_pynetdicoms_encoded_dataset(sop_uid: str, syntax: st
     context.context_id = 1
     event = Event(None, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})  # type: ignore[arg-type]
     assert _part10(event) == event.encoded_dataset(include_meta=True)
+
+
+def _assoc() -> object:
+    """A real (never connected) acceptor association: what a DIMSE provider uses while receiving."""
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    return Association(AE(), "acceptor")
+
+
+def _store_request(data: bytes, move: bool) -> C_STORE:
+    import io
+
+    rq = C_STORE()
+    rq.MessageID = 41
+    rq.AffectedSOPClassUID = CT
+    rq.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    rq.Priority = 1
+    if move:
+        rq.MoveOriginatorApplicationEntityTitle = "ORTHANC"
+        rq.MoveOriginatorMessageID = 9
+    rq.DataSet = io.BytesIO(data)
+    return rq
+
+
+def _pdatas(primitive: object, max_pdu: int) -> list[object]:
+    from pynetdicom.dimse_messages import C_STORE_RQ
+
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(primitive)  # type: ignore[arg-type]
+    return list(msg.encode_msg(1, max_pdu))
+
+
+def _received(provider_cls: type, pdatas: list[object]) -> tuple[object, object]:
+    provider = provider_cls(_assoc())
+    for p in pdatas:
+        provider.receive_primitive(p)
+    return provider.msg_queue.get_nowait()
+
+
+@pytest.mark.parametrize("move", [False, True])
+@pytest.mark.parametrize("max_pdu", [0, 4096])  # one fragment, or the data set in many P-DATA
+def test_store_request_short_path_gives_pynetdicoms_primitive(move: bool, max_pdu: int) -> None:
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    from mmclinic.pacs.listener import _prompt_dimse_class
+
+    data = bytes(range(256)) * 50
+    pdatas = _pdatas(_store_request(data, move), max_pdu)
+    ours_cx, ours = _received(_prompt_dimse_class(), pdatas)
+    ref_cx, ref = _received(DIMSEServiceProvider, pdatas)
+    assert ours_cx == ref_cx == 1
+    for name in (
+        "MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+        "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "_context_id",
+    ):  # fmt: skip
+        assert getattr(ours, name) == getattr(ref, name), name
+    assert ours.DataSet.getvalue() == ref.DataSet.getvalue() == data  # type: ignore[attr-defined]
+
+
+def test_other_messages_and_broken_fragments_take_pynetdicoms_path() -> None:
+    from pynetdicom.dimse_messages import C_ECHO_RQ
+    from pynetdicom.dimse_primitives import C_ECHO
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from mmclinic.pacs.listener import _prompt_dimse_class
+
+    echo = C_ECHO()
+    echo.MessageID = 3
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    msg = C_ECHO_RQ()
+    msg.primitive_to_message(echo)
+    _, got = _received(_prompt_dimse_class(), list(msg.encode_msg(1, 0)))
+    assert isinstance(got, C_ECHO) and got.MessageID == 3
+    # A command fragment in the middle of a data set is an invalid PDU: the association is aborted.
+    command, *data = _pdatas(_store_request(b"\x00" * 10000, False), 4096)
+    provider = _prompt_dimse_class()(_assoc())
+    provider.receive_primitive(command)
+    provider.receive_primitive(data[0])
+    stray = P_DATA()
+    stray.presentation_data_value_list.append((1, b"\x03" + b"\x00" * 8))
+    provider.receive_primitive(stray)
+    assert provider.dul.event_queue.get_nowait() == "Evt19"
+    assert provider.msg_queue.empty()
+
+
+def test_a_message_that_begins_in_the_same_p_data_is_not_lost() -> None:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from mmclinic.pacs.listener import _prompt_dimse_class
+
+    first = _pdatas(_store_request(b"\x01" * 6000, False), 4096)
+    second = _pdatas(_store_request(b"\x02" * 100, True), 0)
+    joined = P_DATA()  # the end of the first data set and the whole second message in one P-DATA
+    for p in (first[-1], *second):
+        joined.presentation_data_value_list.extend(p.presentation_data_value_list)  # type: ignore[attr-defined]
+    provider = _prompt_dimse_class()(_assoc())
+    for p in (*first[:-1], joined):
+        provider.receive_primitive(p)
+    got = [provider.msg_queue.get_nowait()[1] for _ in range(2)]
+    assert [g.DataSet.getvalue() for g in got] == [b"\x01" * 6000, b"\x02" * 100]  # type: ignore[attr-defined]
+    assert got[1].MoveOriginatorApplicationEntityTitle == "ORTHANC"  # type: ignore[attr-defined]
