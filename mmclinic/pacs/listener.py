@@ -9,6 +9,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,12 +140,14 @@ def tls_context(settings: PacsSettings) -> ssl.SSLContext | None:
 # - Its association thread sleeps 1 ms per loop and then only peeks at the queue of decoded
 #   messages. Waiting on that queue instead hands a message over the moment it is complete and
 #   burns no CPU; the wait is bounded so the loop still checks release, abort and timeouts. The
-#   longer the wait, the rarer a message lands in the fixed 1 ms sleep between two waits.
+#   longer the wait, the rarer a message lands in the fixed 1 ms sleep between two waits; it ends
+#   early when the DUL queued a release or abort for the association, so those are not delayed.
 # - Its socket reads a PDU 4 KiB per call into a growing buffer (about 25 calls for a 100 KiB
 #   PDU); here it reads into one buffer of the PDU's size, as much per call as has arrived.
 _DUL_MAX_WAIT_S = 0.01
 _DUL_FALLBACK_SLEEP_S = 0.001  # pynetdicom's own pause, where there is nothing to wait on
 _MSG_WAIT_S = 0.02
+_MSG_SLICE_S = 0.001
 
 
 def _prompt_dimse_class() -> type[Any]:
@@ -161,10 +164,15 @@ def _prompt_dimse_class() -> type[Any]:
         def get_msg(self, block: bool = False) -> Any:
             if block:
                 return super().get_msg(block=True)
-            try:
-                return self.msg_queue.get(timeout=_MSG_WAIT_S)
-            except queue.Empty:
-                return None, None
+            # Short slices: a release or abort request (queued for the association, not here) is
+            # seen within one slice, while a waiting message is still handed over at once.
+            deadline = time.monotonic() + _MSG_WAIT_S
+            while True:
+                try:
+                    return self.msg_queue.get(timeout=_MSG_SLICE_S)
+                except queue.Empty:
+                    if not self.dul.to_user_queue.empty() or time.monotonic() >= deadline:
+                        return None, None
 
         # A C-STORE-RQ in progress on the short path: (context id, command fields, data fragments).
         _fast: tuple[int, dict[str, int | str], list[bytes]] | None = None
@@ -418,6 +426,7 @@ class StorageSCP:
                 kwargs["request_handler"] = Handler
                 super().__init__(*args, **kwargs)
 
+        self.receiver.warm_up()
         ae = self._build_ae()
         try:
             self._server = ae.make_server(

@@ -110,8 +110,12 @@ def io_pool() -> ThreadPoolExecutor:
         return _IO_POOL
 
 
-def _load_sync_file_range() -> Callable[[int], bool] | None:
-    """``fd -> pushed`` via Linux ``sync_file_range``, or None where the call does not exist."""
+def _load_sync_file_range() -> Callable[[int, bool], bool] | None:
+    """``(fd, wait) -> done`` via Linux ``sync_file_range``, or None where the call does not exist.
+
+    ``wait=False`` only starts writing the file's dirty pages out and returns at once;
+    ``wait=True`` writes what is left and returns when every page is on the device.
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -120,10 +124,11 @@ def _load_sync_file_range() -> Callable[[int], bool] | None:
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     func.restype = ctypes.c_int
-    flags = 0x1 | 0x2 | 0x4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER: whole file written out
+    start = 0x2  # SYNC_FILE_RANGE_WRITE
+    whole = 0x1 | 0x2 | 0x4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
 
-    def push(fd: int) -> bool:
-        return int(func(fd, 0, 0, flags)) == 0
+    def push(fd: int, wait: bool) -> bool:
+        return int(func(fd, 0, 0, whole if wait else start)) == 0
 
     return push
 
@@ -131,6 +136,12 @@ def _load_sync_file_range() -> Callable[[int], bool] | None:
 _IO_POOL: ThreadPoolExecutor | None = None
 _IO_POOL_LOCK = threading.Lock()
 _SYNC_FILE_RANGE = _load_sync_file_range()
+
+
+def _start_push(fd: int) -> None:
+    """Start writing a file's data out to the device, without waiting (a no-op where that is not possible)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, False)
 
 
 def _push_data(fd: int) -> None:
@@ -142,7 +153,7 @@ def _push_data(fd: int) -> None:
     or the whole file. Durability itself still comes from the fsyncs in ``StagedFile.publish``.
     Where the call is missing (or fails), ``fdatasync`` gives the same ordering at the cost of a commit.
     """
-    if _SYNC_FILE_RANGE is None or not _SYNC_FILE_RANGE(fd):
+    if _SYNC_FILE_RANGE is None or not _SYNC_FILE_RANGE(fd, True):
         os.fdatasync(fd)
 
 
@@ -158,9 +169,12 @@ def _make_dirs(folder: Path) -> list[Path]:
 class StagedFile:
     """Bytes written under a temporary name in ``folder``, not yet visible at their final path.
 
-    Splitting ``write_durably`` in two lets a caller write the bytes while it does other work (the
-    PACS receiver parses and checks the database meanwhile) and make them visible only once it
-    knows it may. ``folder`` must be on the file system of the final path (``publish`` renames).
+    Splitting ``write_durably`` in two lets a caller have the bytes written out while it does other
+    work (the PACS receiver parses and checks the database meanwhile) and make them visible only
+    once it knows it may. The constructor copies the bytes to the page cache and starts the
+    device write without waiting; ``publish`` waits for what is left. No thread is involved, so
+    the write-out never waits for the GIL behind the caller's own work. ``folder`` must be on the
+    file system of the final path (``publish`` renames).
     """
 
     def __init__(self, data: bytes, folder: Path) -> None:
@@ -172,7 +186,7 @@ class StagedFile:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            _push_data(fd)
+            _start_push(fd)
         except BaseException:
             self.discard()
             raise
@@ -188,6 +202,7 @@ class StagedFile:
         if self._fd is None:
             raise RuntimeError("staged file was already published or discarded")
         try:
+            _push_data(self._fd)  # the data before the name (see _push_data); started at construction
             new_dirs = self._new_dirs + _make_dirs(path.parent)
             os.replace(self._tmp, path)
         except BaseException:

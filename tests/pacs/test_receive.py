@@ -144,3 +144,17 @@ def test_file_and_folders_are_fsynced_before_success(
     synced_dirs.clear()
     assert r.store(study_files[0].read_bytes(), "s1", "c").status == 0  # repeat: nothing written or synced
     assert synced_dirs == [] and not list((store.data_dir / "dicom" / ".incoming").glob(".tmp-*"))
+
+
+def test_warm_up_leaves_nothing_behind_and_storing_still_works(store: Store, study_files: list[Path]) -> None:
+    from mmclinic.store.models import Series, Study
+
+    r = _receiver(store)
+    r.warm_up()
+    r.warm_up()  # twice: a rehearsal must not collide with the last one
+    with store.factory() as s:
+        counts = [s.scalar(select(func.count()).select_from(m)) for m in (Study, Series, Instance)]
+    assert counts == [0, 0, 0]
+    assert not (store.data_dir / "dicom").exists() or not any((store.data_dir / "dicom").rglob("*.dcm"))
+    res = r.store(study_files[0].read_bytes(), "s1", "TESTSCU@127.0.0.1")
+    assert (res.status, res.created) == (0, True) and _count(store) == 1
