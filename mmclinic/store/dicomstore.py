@@ -44,12 +44,8 @@ def _uid(ds: object, keyword: str) -> str:
     return value
 
 
-def parse_instance(data: bytes, digest: Callable[[], str] | None = None) -> ParsedInstance:
-    """Read just enough of a DICOM Part 10 file to file it; InputError if it is not one.
-
-    ``digest`` returns the SHA-256 of ``data`` where the caller computes it elsewhere (the PACS
-    receiver hashes on a pool thread, which hashlib lets run beside this parse).
-    """
+def parse_instance(data: bytes) -> ParsedInstance:
+    """Read just enough of a DICOM Part 10 file to file it; InputError if it is not one."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -66,7 +62,7 @@ def parse_instance(data: bytes, digest: Callable[[], str] | None = None) -> Pars
         series_uid=_uid(ds, "SeriesInstanceUID"),
         sop_uid=_uid(ds, "SOPInstanceUID"),
         modality=str(getattr(ds, "Modality", "") or "")[:16],
-        sha256=digest() if digest is not None else sha256_bytes(data),
+        sha256=sha256_bytes(data),
         data=data,
         sop_class=_sop_class(ds),
     )
@@ -102,7 +98,7 @@ def _fsync_together(fd: int, folders: list[Path]) -> None:
 
 
 def io_pool() -> ThreadPoolExecutor:
-    """Threads for durable-write work beside the caller's: folder fsyncs, staging (PACS receiver)."""
+    """Threads for durable-write work beside the caller's: the folder fsyncs of `_fsync_together`."""
     global _IO_POOL
     with _IO_POOL_LOCK:
         if _IO_POOL is None:
