@@ -24,6 +24,29 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
+def interleaved_medians(
+    candidate: Callable[[], object], baseline: Callable[[], object], repeats: int = 5, warmup: int = 1
+) -> tuple[float, float]:
+    """Median seconds of each, timed turn about (candidate, baseline, candidate, ...).
+
+    Alternating puts both sides under the same drift of a shared machine (other jobs, the disk's
+    write-back), which timing one side's runs after the other's does not.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    for _ in range(warmup):
+        candidate()
+        baseline()
+    cand: list[float] = []
+    base: list[float] = []
+    for _ in range(repeats):
+        for fn, times in ((candidate, cand), (baseline, base)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(cand), statistics.median(base)
+
+
 def ratio_row(name: str, candidate: float, baseline: float, target: float, notes: str) -> dict[str, Any]:
     """One benchmark row; ratio = baseline / candidate (a throughput ratio, higher is better)."""
     return {

@@ -4,7 +4,8 @@ Both receivers write every instance to disk in the same scratch folder (bench/_w
 not tmpfs: the listener's fsync of file + folder and its database commit before Success are part of
 what is measured; storescp does not fsync). The sender is dcmtk ``storescu`` in both cases, so the
 sender's cost is identical. Each timed run goes to a fresh receiver (a second run to the same
-listener would hit the "same bytes again" shortcut and measure nothing).
+listener would hit the "same bytes again" shortcut and measure nothing). The two receivers are
+timed turn about, so a shared machine's drift reaches both alike.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._timing import median_seconds
+from bench._timing import interleaved_medians
 
-REPEATS = 3
+REPEATS = 5
 # dcmtk leaves Nagle's algorithm on unless TCP_NODELAY is set; with it on, every C-STORE waits for a
 # delayed ACK (~40 ms) and both timings measure the TCP stack instead of the receivers.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -96,14 +97,13 @@ def _row(name: str, files: list[Path], root: Path, notes: str) -> dict[str, Any]
     n = REPEATS + 1  # + warm-up
     mm_run, mm_close = _mmclinic_runs(root, files, n)
     try:
-        cand = median_seconds(mm_run, repeats=REPEATS, warmup=1)
+        scp_run, scp_close = _storescp_runs(root, files, n)
+        try:
+            cand, base = interleaved_medians(mm_run, scp_run, repeats=REPEATS, warmup=1)
+        finally:
+            scp_close()
     finally:
         mm_close()
-    scp_run, scp_close = _storescp_runs(root, files, n)
-    try:
-        base = median_seconds(scp_run, repeats=REPEATS, warmup=1)
-    finally:
-        scp_close()
     mb = sum(f.stat().st_size for f in files) / 1e6
     return {
         "name": name,

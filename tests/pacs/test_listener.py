@@ -70,6 +70,8 @@ def test_disallowed_sop_class_is_not_accepted(service: PacsService, study_files:
         with pytest.raises(ValueError):
             assoc.send_c_store(ds)
         assoc.release()
+    else:  # pynetdicom's requestor gives up on an association without a usable context
+        assert assoc.is_aborted or assoc.is_rejected
     assert scu_echo(service.scp.port) == 0
 
 
@@ -122,3 +124,32 @@ def test_bulk_socket_reads_whole_pdus_and_stops_at_close() -> None:
         assert wrapped.recv(100_000) == payload[:100_000]  # arrives in many segments, one buffer
         assert wrapped.recv(500_000) == payload[100_000:]  # the peer closed early: what arrived
         sender.join()
+
+
+def test_enhanced_ct_and_compressed_transfer_syntaxes_are_stored(
+    service: PacsService, store: Store, study_files: list[Path], tmp_path: Path
+) -> None:
+    # Enhanced CT Image Storage (one multi-frame instance) and an RLE Lossless CT slice, each by C-STORE.
+    import sys
+
+    from pydicom.uid import RLELossless
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "imaging"))
+    from imaging_dicom_factory import write_enhanced_ct
+
+    enhanced = write_enhanced_ct(tmp_path / "enhanced.dcm")
+    rle = pydicom.dcmread(study_files[0])
+    rle.compress(RLELossless)
+    rle.SOPInstanceUID = rle.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    rle_path = tmp_path / "rle.dcm"
+    rle.save_as(rle_path)
+    port = service.scp.port
+    assert scu_store(port, [enhanced]) == [0]
+    assert scu_store(port, [rle_path]) == [0]
+    with store.factory() as s:
+        paths = [Path(i.storage_path) for i in s.scalars(select(Instance)).all()]
+    stored = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, paths)}
+    assert set(stored) == {pydicom.dcmread(enhanced).SOPInstanceUID, rle.SOPInstanceUID}
+    got = stored[rle.SOPInstanceUID]
+    assert got.file_meta.TransferSyntaxUID == RLELossless and (got.pixel_array == rle.pixel_array).all()
+    assert int(stored[pydicom.dcmread(enhanced).SOPInstanceUID].NumberOfFrames) == 12
