@@ -155,7 +155,8 @@ def _prompt_dimse_class() -> type[Any]:
     from pynetdicom.pdu_primitives import P_DATA
 
     class PromptDIMSE(DIMSEServiceProvider):
-        """DIMSE provider whose non-blocking ``get_msg`` waits briefly for the next message (see above).
+        """DIMSE provider for the listener: ``get_msg`` waits briefly for the next message (see above),
+        and C-STORE requests and responses take the short path of ``dimse_fast``.
 
         Safe for this listener because its handlers never send requests on the association they
         serve (pynetdicom's ``send_*`` from an acceptor would compete with the reactor for messages).
@@ -413,7 +414,7 @@ class StorageSCP:
                 assoc = super()._create_association()
                 assoc.acse = acse_cls(assoc)
                 # Not started yet, so nothing holds the old DIMSE provider. The DUL already holds the
-                # socket and timers: it keeps its state and only gains the polling behaviour above.
+                # socket and timers: it keeps its state and only gains the waiting behaviour above.
                 assoc.dimse = dimse_cls(assoc)
                 dul: Any = assoc.dul
                 dul.__class__ = dul_cls
@@ -426,7 +427,10 @@ class StorageSCP:
                 kwargs["request_handler"] = Handler
                 super().__init__(*args, **kwargs)
 
-        self.receiver.warm_up()
+        try:
+            self.receiver.warm_up()
+        except Exception as exc:  # only a head start: the first C-STORE does the same work if this failed
+            event(log, "pacs.warm_up_failed", level=logging.WARNING, error=type(exc).__name__)
         ae = self._build_ae()
         try:
             self._server = ae.make_server(

@@ -142,8 +142,8 @@ class Receiver:
 
         The resource guard's first looks (disk, queued jobs), and one rehearsal of recording an
         instance of a new study, rolled back, so SQLAlchemy has compiled every statement of both
-        paths (``record_instance`` and the short one). Without it the first C-STORE of a new
-        process took about 80 ms here instead of about 8.
+        paths (``record_instance`` and the short one). Measured here: the first C-STORE of a new
+        listener took 77–93 ms without it and 10–13 ms with it (the ones after it 4–9 ms).
         """
         self.guard.check()
         rehearsal = ParsedInstance("0.0", "0.0.0", "0.0.0.0", "", "0" * 64, b"")
