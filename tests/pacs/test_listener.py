@@ -153,3 +153,18 @@ def test_enhanced_ct_and_compressed_transfer_syntaxes_are_stored(
     got = stored[rle.SOPInstanceUID]
     assert got.file_meta.TransferSyntaxUID == RLELossless and (got.pixel_array == rle.pixel_array).all()
     assert int(stored[pydicom.dcmread(enhanced).SOPInstanceUID].NumberOfFrames) == 12
+
+
+def test_listener_starts_when_its_warm_up_fails(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmclinic.pacs.receive import Receiver
+
+    def broken(self: Receiver) -> None:
+        raise RuntimeError("database not reachable yet")
+
+    monkeypatch.setattr(Receiver, "warm_up", broken)
+    svc = PacsService(make_settings(store.data_dir), store.factory)
+    svc.start()
+    try:
+        assert scu_echo(svc.scp.port) == 0
+    finally:
+        svc.stop()
