@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -50,6 +51,21 @@ LAST, BEST = "last.pt", "best.pt"
 
 # Voxel thresholds of the lesion map tried on validation (see ``Trainer._tune_detection``).
 VOXEL_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
+
+
+# Settings a resumed run may change: they set how long the schedule runs, not what the epochs so far did.
+RESUMABLE_CHANGES = frozenset({"epochs", "patience", "max_minutes", "freeze_after", "device"})
+
+
+def _data_fingerprint(train: list[Example], val: list[Example]) -> str:
+    """SHA-256 over the split: each case's id, labels and input fingerprints, training cases first."""
+    h = hashlib.sha256()
+    for part in (train, val):
+        for e in part:
+            inputs = {m: ci.fingerprint for m, ci in sorted(e.inputs.items())}
+            h.update(json.dumps([e.case_id, e.y.tolist(), inputs], sort_keys=True).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
 
 
 @dataclass
@@ -299,9 +315,10 @@ class Trainer:
             "rejected": len(rejected),
             "pos_weight": pos_weight.tolist(),
             "init_from": self.init_record,
+            "data_sha256": _data_fingerprint(train, val),
         }
         if resume and (self.out / LAST).is_file():
-            state = self._resume(opt, sched)
+            state = self._resume(opt, sched, meta_train)
         start = time.monotonic()
         self.model.to(self.device)
         phase1 = self._phase1_subset(train)
@@ -446,10 +463,32 @@ class Trainer:
         with self._real_encoders():
             save_checkpoint(self.out / LAST, self.model, self._meta(norm, training), extra=extra)
 
-    def _resume(self, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+    def _resume(self, opt: torch.optim.Optimizer, sched: Any, training: dict[str, Any]) -> dict[str, Any]:
+        """Continue from ``last.pt``; refused when the model, the data or a setting that shapes the run changed.
+
+        Only the schedule's length may change between the runs (``RESUMABLE_CHANGES``): the epochs
+        already trained do not depend on it. Anything else (another manifest or split, other inputs,
+        learning rate, seed, modalities, warm start) would make the resumed run a mixture of two runs.
+        """
         payload = read_checkpoint(self.out / LAST, with_extra=True)
         if payload["meta"]["fusion"] != self.model.cfg.to_dict():
             raise ConfigError("train.resume_mismatch", f"{self.out / LAST} was written with another model config")
+        before = payload["meta"].get("training", {})
+        changed = sorted(
+            k
+            for k in set(before.get("config", {})) | set(training["config"])
+            if k not in RESUMABLE_CHANGES and before.get("config", {}).get(k) != training["config"].get(k)
+        )
+        if before.get("data_sha256", training["data_sha256"]) != training["data_sha256"]:
+            changed.append("data (cases, labels or inputs)")
+        if before.get("init_from") != training["init_from"]:
+            changed.append("init_from checkpoints")
+        if changed:
+            raise ConfigError(
+                "train.resume_mismatch",
+                f"{self.out / LAST} was written by another run ({', '.join(changed)} differ); "
+                "use a new --out folder, or delete last.pt to start over",
+            )
         self.model.load_state_dict(payload["state_dict"], strict=False)
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["scheduler"])

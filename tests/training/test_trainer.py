@@ -103,6 +103,39 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert [h["epoch"] for h in res.summary["history"]] == [1, 2, 3]
 
 
+def _interrupted_run(out: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig) -> None:
+    real_epoch = Trainer._epoch
+
+    def crash_at_2(self: Trainer, data: Any, opt: Any, pw: Any, epoch: int) -> float:
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, data, opt, pw, epoch)
+
+    monkeypatch.setattr(Trainer, "_epoch", crash_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cohort, out, cfg, registry=toy_registry(), progress=False)
+    monkeypatch.setattr(Trainer, "_epoch", real_epoch)
+
+
+def test_resume_refuses_other_data_or_settings_but_takes_a_longer_schedule(
+    tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    _interrupted_run(out, cohort, monkeypatch, _cfg(epochs=3))
+    with pytest.raises(ConfigError) as exc:  # another learning rate
+        train(cohort, out, _cfg(epochs=3, lr=5e-3), registry=toy_registry(), progress=False)
+    assert exc.value.reason == "train.resume_mismatch" and "lr" in exc.value.detail
+    other = toy_cohort(80, seed=2)  # other cases behind the same ids
+    with pytest.raises(ConfigError) as exc:
+        train(other, out, _cfg(epochs=3), registry=toy_registry(), progress=False)
+    assert "data" in exc.value.detail
+    with caplog.at_level("INFO", logger="mmclinic"):
+        res = train(cohort, out, _cfg(epochs=4, patience=50), registry=toy_registry(), progress=False)
+    resumed = [r for r in caplog.records if getattr(r, "event", "") == "train.resumed"]
+    assert len(resumed) == 1 and resumed[0].epoch == 1  # type: ignore[attr-defined]  # continued after epoch 1
+    assert [h["epoch"] for h in res.summary["history"]] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("split", [True, False], ids=["trunk-head", "whole-encoder"])
 def test_two_phase_training_keeps_frozen_encoder_fixed(
     tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, split: bool
