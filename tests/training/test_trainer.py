@@ -274,3 +274,30 @@ def test_bundle_writes_weights_card_and_goals(tmp_path: Path, trained: Path) -> 
     record_goals(results, json.loads((report_dir / "report.json").read_text()), res["sha256"])
     doc = json.loads(results.read_text())
     assert doc["rows"] == {"x": {"name": "x"}} and doc["tumor_risk_goals"]["weights_sha256"] == res["sha256"]
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.0])
+def test_training_hides_modalities_at_the_configured_rate_and_inference_never(
+    tmp_path: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, rate: float
+) -> None:
+    from mmclinic.model.fusion import FusionModel
+
+    hidden: list[float] = []
+    real = FusionModel.sample_hide
+
+    def spy(self: FusionModel, visible: torch.Tensor, generator: Any = None) -> torch.Tensor:
+        hide = real(self, visible, generator)
+        hidden.append(float(hide[visible].float().mean()))  # share of present modalities hidden
+        return hide
+
+    monkeypatch.setattr(FusionModel, "sample_hide", spy)
+    cfg = _cfg(epochs=2, modality_dropout=rate)
+    res = train(cohort, tmp_path / "run", cfg, registry=toy_registry(), progress=False)
+    if rate == 0.0:
+        assert hidden == []
+    else:
+        assert len(hidden) >= 2 and 0.1 < sum(hidden) / len(hidden) < 0.5  # about the rate, one batch at a time
+    hidden.clear()
+    engine = InferenceEngine.load(res.checkpoint, registry=toy_registry())
+    engine.predict(list(cohort.cases)[:8])
+    assert hidden == []  # inference sees every present modality
