@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,9 @@ def enter_test_database(backend: str, tmp_path: Path) -> tuple[Any, str]:
         require(False, f"PostgreSQL variant: set {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
         raise
     return ctx, url
+
+
+def dciodvfy_errors(tool: str, path: Path) -> list[str]:
+    """The ``Error`` lines dicom3tools' dciodvfy prints for one file (warnings are not counted)."""
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from _support import dciodvfy_errors
 from sqlalchemy import select
 
 from mmclinic.pacs.service import PacsService
@@ -106,7 +108,9 @@ def test_restart_recovers_studies_without_case(store: Store, study_files: list[P
     assert fresh.tick(now=1e12).jobs_queued == 1
 
 
-def test_export_with_seg_when_enabled(store: Store, study_files: list[Path]) -> None:
+def test_export_with_seg_when_enabled(
+    store: Store, study_files: list[Path], tmp_path: Path, require_tool: Callable[[str], str]
+) -> None:
     svc = PacsService(make_settings(store.data_dir, write_seg=True), store.factory)
     for f in study_files:
         svc.receiver.store(f.read_bytes(), "s1", "c")
@@ -117,6 +121,12 @@ def test_export_with_seg_when_enabled(store: Store, study_files: list[Path]) -> 
     assert [n.split("-")[0] for n in names] == ["seg", "sr"]
     seg = pydicom.dcmread(io.BytesIO(svc.outbox.get(names[0]) or b""))
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == pydicom.dcmread(study_files[0]).StudyInstanceUID
+    # The objects the service really exports (not only those built in the SR tests) pass dciodvfy.
+    tool = require_tool("dciodvfy")
+    for name in names:
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(svc.outbox.get(name) or b"")
+        assert dciodvfy_errors(tool, path) == [], name
 
 
 def test_a_failing_export_is_retried_and_does_not_hold_up_other_jobs(store: Store, study_dirs: list[Path]) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pydicom
 import pytest
+from _support import dciodvfy_errors
 
 from mmclinic.case import Finding, Prediction, Provenance
 from mmclinic.errors import InputError
@@ -20,11 +20,6 @@ WHEN = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 def _pred(findings: tuple[Finding, ...], present: tuple[str, ...] = ("imaging",)) -> Prediction:
     prov = Provenance("a" * 64, "tumor-risk", "0.1.0", {}, "0.1.0", "b" * 64, {}, "cpu", {}, present)
     return Prediction("c1", "tumor-risk", 0.8, 0.61, findings, {}, prov)
-
-
-def dciodvfy_errors(tool: str, path: Path) -> list[str]:
-    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
 
 
 @pytest.mark.parametrize("n_findings", [2, 0])
