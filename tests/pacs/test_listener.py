@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -166,5 +167,37 @@ def test_listener_starts_when_its_warm_up_fails(store: Store, monkeypatch: pytes
     svc.start()
     try:
         assert scu_echo(svc.scp.port) == 0
+    finally:
+        svc.stop()
+
+
+def test_association_limit_and_pdu_size_come_from_the_settings(
+    store: Store, study_files: list[Path], tmp_path: Path
+) -> None:
+    svc = PacsService(make_settings(store.data_dir, max_associations=1, max_pdu_size=16384), store.factory)
+    svc.start()
+    try:
+        ae = AE(ae_title=SCU_AE)
+        ae.add_requested_context("1.2.840.10008.1.1")
+        first = ae.associate("127.0.0.1", svc.scp.port, ae_title="MMCLINIC")
+        assert first.is_established
+        assert first.acceptor.maximum_length == 16384  # what the listener told the peer it accepts
+        second = ae.associate("127.0.0.1", svc.scp.port, ae_title="MMCLINIC")
+        assert not second.is_established  # the one allowed association is taken
+        first.release()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and scu_echo(svc.scp.port) != 0:  # the slot frees once it ends
+            time.sleep(0.05)
+        # A 128 KiB slice arrives in 16 KiB PDUs and is stored byte for byte.
+        big = pydicom.dcmread(study_files[0])
+        tiled = np.tile(big.pixel_array, (256 // big.Rows, 256 // big.Columns))
+        big.Rows, big.Columns, big.PixelData = 256, 256, tiled.astype(big.pixel_array.dtype).tobytes()
+        big.SOPInstanceUID = big.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = tmp_path / "big.dcm"
+        big.save_as(path)
+        assert scu_store(svc.scp.port, [path]) == [0]
+        with store.factory() as s:
+            [inst] = s.scalars(select(Instance).where(Instance.sop_uid == big.SOPInstanceUID)).all()
+        assert (pydicom.dcmread(inst.storage_path).pixel_array == tiled).all()
     finally:
         svc.stop()
