@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import queue
 import select
@@ -56,30 +57,49 @@ def _resolve(host: str) -> set[str]:
         raise ConfigError("config.pacs_peer_host", f"allowed peer host {host!r} cannot be resolved") from exc
 
 
+def _plain_address(host: str) -> str:
+    """An IPv4-mapped IPv6 address (``::ffff:10.0.0.5``, how a dual-stack socket reports IPv4 peers) as IPv4."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else str(addr)
+
+
 @dataclass
 class AccessGate:
-    """Decides whether an association may proceed: calling AE on the list, from its host, to our AE title."""
+    """Decides whether an association may proceed: calling AE on the list, from its host, to our AE title.
+
+    Each allowed (AE title, address) pair has its own site, so one AE title configured for two hosts
+    of two sites files each host's studies under its own site.
+    """
 
     ae_title: str
     peers: list[PacsPeer]
     on_reject: Callable[[str, str, str], None] | None = None
-    _hosts: dict[str, tuple[set[str], str]] = field(default_factory=dict)
+    _sites: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for p in self.peers:
-            hosts, _ = self._hosts.get(p.ae_title.strip(), (set(), p.site))
-            self._hosts[p.ae_title.strip()] = (hosts | _resolve(p.host), p.site)
+            for address in _resolve(p.host):
+                key = (p.ae_title.strip(), _plain_address(address))
+                if self._sites.setdefault(key, p.site) != p.site:
+                    raise ConfigError(
+                        "config.pacs_peer_ambiguous", f"peer {key[0]!r} from {p.host!r} is listed for two sites"
+                    )
 
     def check(self, calling: str, called: str, host: str) -> tuple[str | None, str]:
         """``(site, "ok")`` when allowed, else ``(None, reason code)``."""
         if called.strip() != self.ae_title.strip():
             return None, "pacs.called_ae_unknown"
-        entry = self._hosts.get(calling.strip())
-        if entry is None:
-            return None, "pacs.calling_ae_unknown"
-        if host not in entry[0]:
+        calling = calling.strip()
+        site = self._sites.get((calling, _plain_address(host)))
+        if site is not None:
+            return site, "ok"
+        if any(ae == calling for ae, _ in self._sites):
             return None, "pacs.peer_host_mismatch"
-        return entry[1], "ok"
+        return None, "pacs.calling_ae_unknown"
 
 
 def _gated_acse_class(gate: AccessGate) -> type[Any]:

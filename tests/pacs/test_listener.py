@@ -201,3 +201,25 @@ def test_association_limit_and_pdu_size_come_from_the_settings(
         assert (pydicom.dcmread(inst.storage_path).pixel_array == tiled).all()
     finally:
         svc.stop()
+
+
+def test_access_gate_sites_per_host_and_ipv4_mapped_peers() -> None:
+    from mmclinic.errors import ConfigError
+    from mmclinic.pacs.listener import AccessGate
+
+    gate = AccessGate(
+        "MMCLINIC",
+        [
+            PacsPeer(ae_title="PACS", host="127.0.0.1", site="north"),
+            PacsPeer(ae_title="PACS", host="127.0.0.2", site="south"),
+        ],
+    )
+    assert gate.check("PACS", "MMCLINIC", "127.0.0.1") == ("north", "ok")
+    assert gate.check("PACS ", "MMCLINIC", "127.0.0.2") == ("south", "ok")  # each host keeps its own site
+    assert gate.check("PACS", "MMCLINIC", "::ffff:127.0.0.2") == ("south", "ok")  # a dual-stack socket's view
+    assert gate.check("PACS", "MMCLINIC", "127.0.0.3") == (None, "pacs.peer_host_mismatch")
+    assert gate.check("OTHER", "MMCLINIC", "127.0.0.1") == (None, "pacs.calling_ae_unknown")
+    assert gate.check("PACS", "SOMEONE", "127.0.0.1") == (None, "pacs.called_ae_unknown")
+    with pytest.raises(ConfigError) as exc:
+        AccessGate("MMCLINIC", [PacsPeer(ae_title="PACS", site="north"), PacsPeer(ae_title="PACS", site="south")])
+    assert exc.value.reason == "config.pacs_peer_ambiguous"
