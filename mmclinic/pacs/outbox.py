@@ -81,15 +81,44 @@ class Outbox:
         return folder / f"{name}.dcm", folder / f"{name}.json"
 
     def put(self, name: str, data: bytes, destinations: list[PacsDestination] | None = None) -> bool:
-        """Spool an object for every destination; ``False`` if it is already pending or sent (idempotent)."""
+        """Spool an object for every destination; ``False`` when nothing new is to be sent (idempotent).
+
+        For a known entry, only destinations that neither received it nor wait for it are added: a
+        destination configured after the result was first spooled gets it, each destination at most
+        once, and always the spooled bytes (the same SOP Instance UID).
+        """
         dcm, state = self._paths(self.pending_dir, name)
+        keys = [dest_key(d) for d in (destinations if destinations is not None else self.settings.destinations)]
         if state.is_file() or self._paths(self.sent_dir, name)[1].is_file():
-            return False
-        dests = destinations if destinations is not None else list(self.settings.destinations)
+            return self._reopen(name, keys)
         write_durably(dcm, data)
         # The state file is written last: its presence marks a complete entry.
-        self._write_state(state, {"remaining": [dest_key(d) for d in dests], "attempts": 0, "next_at": 0.0})
-        event(log, "pacs.outbox_put", entry=name, destinations=len(dests))
+        self._write_state(state, {"remaining": keys, "delivered": [], "attempts": 0, "next_at": 0.0})
+        event(log, "pacs.outbox_put", entry=name, destinations=len(keys))
+        return True
+
+    def _reopen(self, name: str, keys: list[str]) -> bool:
+        """Add destinations an existing entry has not served; a sent entry goes back to pending."""
+        pending_dcm, pending_state = self._paths(self.pending_dir, name)
+        was_sent = not pending_state.is_file()
+        src_dcm, src_state = self._paths(self.sent_dir, name) if was_sent else (pending_dcm, pending_state)
+        st = json.loads(src_state.read_text())
+        if "delivered" not in st:  # spooled before deliveries were recorded: who has it is unknown
+            return False
+        served = set(st["delivered"]) | set(st["remaining"])
+        new = [k for k in keys if k not in served]
+        if not new:
+            return False
+        st["remaining"] = st["remaining"] + new
+        st["next_at"] = 0.0
+        if was_sent:
+            write_durably(pending_dcm, src_dcm.read_bytes())
+            self._write_state(pending_state, st)  # pending state first: a crash leaves it re-sendable
+            src_state.unlink()
+            src_dcm.unlink()
+        else:
+            self._write_state(pending_state, st)
+        event(log, "pacs.outbox_reopened", entry=name, destinations=len(new))
         return True
 
     def get(self, name: str) -> bytes | None:
@@ -137,8 +166,13 @@ class Outbox:
             error = ""
             for key in list(st["remaining"]):
                 dest = by_key.get(key)
-                if dest is None:  # removed from the configuration: nothing to deliver to any more
-                    ok, reason = True, "ok"
+                if dest is None:  # removed from the configuration: dropped, not delivered (see put)
+                    st["remaining"].remove(key)
+                    self._write_state(state_path, st)
+                    event(
+                        log, "pacs.outbox_dropped", level=logging.WARNING, entry=name, reason="pacs.destination_removed"
+                    )
+                    continue
                 else:
                     try:
                         ok, reason = self.sender(data, dest, self.settings.ae_title)
@@ -146,6 +180,7 @@ class Outbox:
                         ok, reason = False, f"pacs.send_error.{type(exc).__name__}"
                 if ok:
                     st["remaining"].remove(key)
+                    st.setdefault("delivered", []).append(key)
                     self._write_state(state_path, st)
                 else:
                     error = reason

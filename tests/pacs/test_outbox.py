@@ -47,3 +47,39 @@ def test_interrupted_move_is_completed(tmp_path: Path) -> None:
     os.replace(box.pending_dir / "sr-2.dcm", box.sent_dir / "sr-2.dcm")  # crash between the two renames
     box.flush(now=0.0)
     assert box.sent() == ["sr-2"] and box.pending() == []
+
+
+def test_a_destination_added_later_gets_the_result_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def sender(data: bytes, d: PacsDestination, calling: str) -> tuple[bool, str]:
+        calls.append(d.port)
+        return True, "ok"
+
+    def box(*ports: int) -> Outbox:  # the same spool under another configuration
+        return Outbox(tmp_path / "outbox", make_settings(tmp_path, destinations=[dest(p) for p in ports]).pacs, sender)
+
+    assert box(1).put("sr-1", b"DICM") and box(1).flush(now=1.0).sent == 1
+    assert box(1).put("sr-1", b"DICM") is False  # nothing new to send
+    later = box(1, 2)
+    assert later.put("sr-1", b"OTHER BYTES") is True  # destination 2 was added: re-opened for it alone
+    assert later.pending() == ["sr-1"] and later.state("sr-1")["remaining"] == [dest_key(dest(2))]
+    assert later.flush(now=2.0).sent == 1 and later.get("sr-1") == b"DICM"  # the spooled bytes, not new ones
+    assert later.put("sr-1", b"DICM") is False
+    assert calls == [1, 2]
+
+
+def test_a_destination_removed_before_delivery_is_dropped_not_counted_as_delivered(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def sender(data: bytes, d: PacsDestination, calling: str) -> tuple[bool, str]:
+        calls.append(d.port)
+        return True, "ok"
+
+    def box(*ports: int) -> Outbox:
+        return Outbox(tmp_path / "outbox", make_settings(tmp_path, destinations=[dest(p) for p in ports]).pacs, sender)
+
+    assert box(1, 2).put("sr-1", b"DICM")
+    assert box(1).flush(now=1.0).sent == 1 and calls == [1]  # 2 was taken out of the configuration meanwhile
+    assert box(1, 2).put("sr-1", b"DICM") is True  # back in: it still gets the result
+    assert box(1, 2).flush(now=2.0).sent == 1 and calls == [1, 2]
