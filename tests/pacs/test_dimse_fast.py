@@ -74,7 +74,7 @@ def test_part10_bytes_equal_pynetdicoms_encoded_dataset(sop_uid: str, syntax: st
     from pynetdicom.events import Event
     from pynetdicom.presentation import build_context
 
-    from mmclinic.pacs.listener import _part10
+    from mmclinic.pacs.acceptor import part10
 
     req = C_STORE()
     req.MessageID = 3
@@ -84,7 +84,7 @@ def test_part10_bytes_equal_pynetdicoms_encoded_dataset(sop_uid: str, syntax: st
     context = build_context(CT, [syntax])
     context.context_id = 1
     event = Event(None, evt.EVT_C_STORE, {"request": req, "context": context.as_tuple})  # type: ignore[arg-type]
-    assert _part10(event) == event.encoded_dataset(include_meta=True)
+    assert part10(event) == event.encoded_dataset(include_meta=True)
 
 
 def _assoc() -> object:
@@ -130,11 +130,11 @@ def _received(provider_cls: type, pdatas: list[object]) -> tuple[object, object]
 def test_store_request_short_path_gives_pynetdicoms_primitive(move: bool, max_pdu: int) -> None:
     from pynetdicom.dimse import DIMSEServiceProvider
 
-    from mmclinic.pacs.listener import _prompt_dimse_class
+    from mmclinic.pacs.acceptor import prompt_dimse_class
 
     data = bytes(range(256)) * 50
     pdatas = _pdatas(_store_request(data, move), max_pdu)
-    ours_cx, ours = _received(_prompt_dimse_class(), pdatas)
+    ours_cx, ours = _received(prompt_dimse_class(), pdatas)
     ref_cx, ref = _received(DIMSEServiceProvider, pdatas)
     assert ours_cx == ref_cx == 1
     for name in (
@@ -150,18 +150,18 @@ def test_other_messages_and_broken_fragments_take_pynetdicoms_path() -> None:
     from pynetdicom.dimse_primitives import C_ECHO
     from pynetdicom.pdu_primitives import P_DATA
 
-    from mmclinic.pacs.listener import _prompt_dimse_class
+    from mmclinic.pacs.acceptor import prompt_dimse_class
 
     echo = C_ECHO()
     echo.MessageID = 3
     echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
     msg = C_ECHO_RQ()
     msg.primitive_to_message(echo)
-    _, got = _received(_prompt_dimse_class(), list(msg.encode_msg(1, 0)))
+    _, got = _received(prompt_dimse_class(), list(msg.encode_msg(1, 0)))
     assert isinstance(got, C_ECHO) and got.MessageID == 3
     # A command fragment in the middle of a data set is an invalid PDU: the association is aborted.
     command, *data = _pdatas(_store_request(b"\x00" * 10000, False), 4096)
-    provider = _prompt_dimse_class()(_assoc())
+    provider = prompt_dimse_class()(_assoc())
     provider.receive_primitive(command)
     provider.receive_primitive(data[0])
     stray = P_DATA()
@@ -174,14 +174,14 @@ def test_other_messages_and_broken_fragments_take_pynetdicoms_path() -> None:
 def test_a_message_that_begins_in_the_same_p_data_is_not_lost() -> None:
     from pynetdicom.pdu_primitives import P_DATA
 
-    from mmclinic.pacs.listener import _prompt_dimse_class
+    from mmclinic.pacs.acceptor import prompt_dimse_class
 
     first = _pdatas(_store_request(b"\x01" * 6000, False), 4096)
     second = _pdatas(_store_request(b"\x02" * 100, True), 0)
     joined = P_DATA()  # the end of the first data set and the whole second message in one P-DATA
     for p in (first[-1], *second):
         joined.presentation_data_value_list.extend(p.presentation_data_value_list)  # type: ignore[attr-defined]
-    provider = _prompt_dimse_class()(_assoc())
+    provider = prompt_dimse_class()(_assoc())
     for p in (*first[:-1], joined):
         provider.receive_primitive(p)
     got = [provider.msg_queue.get_nowait()[1] for _ in range(2)]

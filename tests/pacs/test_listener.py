@@ -113,11 +113,11 @@ def test_associations_leave_no_descriptors_behind(service: PacsService, study_fi
 
 
 def test_bulk_socket_reads_whole_pdus_and_stops_at_close() -> None:
-    from mmclinic.pacs.listener import _bulk_socket_class
+    from mmclinic.pacs.acceptor import bulk_socket_class
 
     a, b = socket.socketpair()
     with a, b:
-        wrapped = _bulk_socket_class().__new__(_bulk_socket_class())
+        wrapped = bulk_socket_class().__new__(bulk_socket_class())
         wrapped.socket = a
         payload = bytes(range(256)) * 1000
         sender = threading.Thread(target=lambda: (b.sendall(payload), b.close()))

@@ -1,0 +1,243 @@
+"""pynetdicom's acceptor with its hot path replaced: waiting instead of polling, bulk reads, C-STORE short paths.
+
+Each piece subclasses a pynetdicom internal (hence ``pynetdicom>=3.0,<3.1`` in pyproject) and is
+swapped into an association by ``StorageSCP`` before it starts. What each one replaces, and why:
+
+pynetdicom's acceptor polls, and each poll interval is latency added to every C-STORE.
+- Its DUL thread (socket + outgoing queue) sleeps 1 ms whenever a loop found nothing to do, so a
+  response waits up to 1 ms before it is sent, and polling faster would take the GIL from the
+  handler many times a millisecond. Here that pause is a wait on the socket and on a wake-up
+  channel that ``send_pdu`` signals: the DUL runs the moment the peer sends or a response is
+  queued, and sleeps otherwise. The wait is bounded, so kills and expired timers are still seen.
+- Its association thread sleeps 1 ms per loop and then only peeks at the queue of decoded
+  messages. Waiting on that queue instead hands a message over the moment it is complete and
+  burns no CPU; the wait is bounded so the loop still checks release, abort and timeouts. The
+  longer the wait, the rarer a message lands in the fixed 1 ms sleep between two waits; it ends
+  early when the DUL queued a release or abort for the association, so those are not delayed.
+- Its socket reads a PDU 4 KiB per call into a growing buffer (about 25 calls for a 100 KiB
+  PDU); here it reads into one buffer of the PDU's size, as much per call as has arrived.
+- C-STORE requests are decoded, and their responses and the received instance's file meta are
+  encoded, without pydicom's Dataset round trip (``dimse_fast``), byte for byte as pynetdicom does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+from mmclinic.pacs.dimse_fast import (
+    decode_store_request,
+    part10_header,
+    store_request_primitive,
+    store_response_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+_DUL_MAX_WAIT_S = 0.01
+_DUL_FALLBACK_SLEEP_S = 0.001  # pynetdicom's own pause, where there is nothing to wait on
+_MSG_WAIT_S = 0.02
+_MSG_SLICE_S = 0.001
+
+
+def prompt_dimse_class() -> type[Any]:
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.pdu_primitives import P_DATA
+
+    class PromptDIMSE(DIMSEServiceProvider):
+        """DIMSE provider for the listener: ``get_msg`` waits briefly for the next message (see the module docstring),
+        and C-STORE requests and responses take the short path of ``dimse_fast``.
+
+        Safe for this listener because its handlers never send requests on the association they
+        serve (pynetdicom's ``send_*`` from an acceptor would compete with the reactor for messages).
+        """
+
+        def get_msg(self, block: bool = False) -> Any:
+            if block:
+                return super().get_msg(block=True)
+            # Short slices: a release or abort request (queued for the association, not here) is
+            # seen within one slice, while a waiting message is still handed over at once.
+            deadline = time.monotonic() + _MSG_WAIT_S
+            while True:
+                try:
+                    return self.msg_queue.get(timeout=_MSG_SLICE_S)
+                except queue.Empty:
+                    if not self.dul.to_user_queue.empty() or time.monotonic() >= deadline:
+                        return None, None
+
+        # A C-STORE-RQ in progress on the short path: (context id, command fields, data fragments).
+        _fast: tuple[int, dict[str, int | str], list[bytes]] | None = None
+
+        def receive_primitive(self, primitive: Any) -> None:
+            # A C-STORE-RQ whose command arrives whole in its first PDV is decoded here (see
+            # dimse_fast), its data fragments joined once at the end; anything else, and any message
+            # pynetdicom has already begun, is pynetdicom's. EVT_DIMSE_RECV is not triggered for the
+            # short path; this listener binds no handler to it.
+            pdvs = list(primitive.presentation_data_value_list)
+            if self._fast is None:
+                if self.message is not None or not pdvs or pdvs[0][1][0] & 3 != 3:
+                    super().receive_primitive(primitive)
+                    return
+                fields = decode_store_request(bytes(pdvs[0][1][1:]))
+                if fields is None:
+                    super().receive_primitive(primitive)
+                    return
+                self._fast = (pdvs[0][0], fields, [])
+                pdvs = pdvs[1:]
+            while pdvs and self._fast is not None:
+                (context_id, data), pdvs = pdvs[0], pdvs[1:]
+                cx, fields, chunks = self._fast
+                if data[0] & 1 or context_id != cx:  # a command, or another context, inside a data set
+                    self._fast = None
+                    self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts the association
+                    return
+                chunks.append(bytes(data[1:]))
+                if data[0] & 2:  # last fragment of the data set
+                    self._fast = None
+                    try:
+                        rq = store_request_primitive(cx, fields, b"".join(chunks))
+                    except Exception:  # a value pynetdicom's primitive refuses: as pynetdicom treats it
+                        log.warning("received an invalid C-STORE request")
+                        self.dul.event_queue.put("Evt19")
+                        return
+                    self.msg_queue.put((cx, rq))
+            if pdvs:  # the next message began in the same P-DATA
+                rest = P_DATA()
+                rest.presentation_data_value_list.extend(pdvs)
+                self.receive_primitive(rest)
+
+        def send_msg(self, primitive: Any, context_id: int) -> None:
+            # C-STORE responses skip pynetdicom's pydicom round trip (see dimse_fast). pynetdicom's
+            # EVT_DIMSE_SENT is not triggered for them; this listener binds no handler to it.
+            command = store_response_bytes(primitive)
+            limit = self.maximum_pdu_size
+            if command is None or (limit and len(command) + 6 > limit):  # + PDV header: one fragment only
+                super().send_msg(primitive, context_id)
+                return
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+            self.dul.send_pdu(pdata)
+
+    return PromptDIMSE
+
+
+def waking_dul_class() -> type[Any]:
+    from pynetdicom.dul import DULServiceProvider
+
+    class WakingDUL(DULServiceProvider):
+        """DUL provider that waits on its socket and a wake-up channel instead of sleeping (see the module docstring).
+
+        pynetdicom's reactor loop stays as it is: it sleeps ``_run_loop_delay`` when idle, and on the
+        DUL's own thread reading that value does the wait and yields 0. ``open_wakeup`` must be called
+        before the thread starts; the channel is a socket pair (not raw fds), so a late wake-up after
+        the thread ended fails harmlessly instead of writing to a reused descriptor.
+        """
+
+        _wake: tuple[socket.socket, socket.socket] | None = None
+
+        def open_wakeup(self) -> None:
+            pair = socket.socketpair()
+            for end in pair:
+                end.setblocking(False)
+            self._wake = (pair[0], pair[1])
+
+        def _signal(self) -> None:
+            wake = self._wake
+            if wake is not None:
+                # Full: a wake-up is pending anyway. Closed: the reactor has ended.
+                with contextlib.suppress(OSError):
+                    wake[1].send(b"\0")
+
+        def send_pdu(self, primitive: Any) -> None:
+            super().send_pdu(primitive)
+            self._signal()
+
+        def kill_dul(self) -> None:
+            super().kill_dul()
+            self._signal()
+
+        @property
+        def _run_loop_delay(self) -> float:
+            if threading.current_thread() is not self or self._wake is None or not self._wait_for_work():
+                return _DUL_FALLBACK_SLEEP_S
+            return 0.0
+
+        @_run_loop_delay.setter
+        def _run_loop_delay(self, value: float) -> None:
+            """pynetdicom assigns its fixed delay in ``__init__``; the getter decides instead."""
+
+        def _wait_for_work(self) -> bool:
+            """Block until the socket is readable, a PDU is queued to send, or the bound passes.
+
+            False when there is no connected socket to wait on (the caller sleeps instead).
+            """
+            wake, transport = self._wake, self.socket
+            if wake is None or transport is None or transport.socket is None or not transport._is_connected:
+                return False
+            sock = transport.socket
+            if self._kill_thread or not self.to_provider_queue.empty():
+                return True
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes select cannot see
+                return True
+            try:
+                ready, _, _ = select.select([sock, wake[0]], [], [], _DUL_MAX_WAIT_S)
+            except (OSError, ValueError):  # closed meanwhile: the reactor's own checks notice
+                return False
+            if wake[0] in ready:
+                with contextlib.suppress(OSError):
+                    while wake[0].recv(4096):
+                        pass
+            return True
+
+        def run(self) -> None:
+            # ``run``, not ``run_reactor``: the thread's target was bound to pynetdicom's reactor
+            # before the class was swapped, while ``run`` is looked up when the thread starts.
+            try:
+                super().run()
+            finally:
+                wake, self._wake = self._wake, None
+                for end in wake or ():
+                    end.close()
+
+    return WakingDUL
+
+
+def bulk_socket_class() -> type[Any]:
+    from pynetdicom.transport import AssociationSocket
+
+    class BulkReadSocket(AssociationSocket):
+        """AssociationSocket whose ``recv`` fills one buffer of the requested size (see the module docstring)."""
+
+        def recv(self, nr_bytes: int) -> bytearray:
+            sock = self.socket
+            assert sock is not None  # pynetdicom reads only from a connected socket
+            buf = bytearray(nr_bytes)
+            got = 0
+            with memoryview(buf) as view:
+                while got < nr_bytes:
+                    n = sock.recv_into(view[got:], nr_bytes - got)
+                    if not n:  # closed by the peer: what arrived, as pynetdicom returns it
+                        break
+                    got += n
+            if got < nr_bytes:
+                del buf[got:]
+            return buf
+
+    return BulkReadSocket
+
+
+def part10(ev: Any) -> bytes:
+    """The received instance as a Part 10 file, as ``ev.encoded_dataset()`` gives it (see dimse_fast)."""
+    req = ev.request
+    uids = (req.AffectedSOPClassUID, req.AffectedSOPInstanceUID, ev.context.transfer_syntax)
+    header = part10_header(*(str(u) for u in uids)) if all(uids) else None
+    if header is None:
+        return bytes(ev.encoded_dataset(include_meta=True))
+    return header + bytes(req.DataSet.getvalue())
