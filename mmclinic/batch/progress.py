@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -80,6 +81,7 @@ class ProgressBar:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
+                console=Console(stderr=True),  # stdout carries the command's results and may be piped
                 transient=False,
             )
             self._task = self._progress.add_task(description, total=counts.total, scored=0, failed=0)

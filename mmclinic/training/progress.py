@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -21,6 +22,7 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=False) as prog:
+    # stderr: stdout carries the command's results (a summary line, a table) and may be piped.
+    with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda: prog.advance(task)

@@ -301,3 +301,14 @@ def test_training_hides_modalities_at_the_configured_rate_and_inference_never(
     engine = InferenceEngine.load(res.checkpoint, registry=toy_registry())
     engine.predict(list(cohort.cases)[:8])
     assert hidden == []  # inference sees every present modality
+
+
+def test_progress_bars_show_each_stage_with_counts(
+    tmp_path: Path, cohort: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    train(cohort, tmp_path / "run", _cfg(epochs=1), registry=toy_registry(), progress=True)
+    out, err = capfd.readouterr()
+    n = len(cohort.cases)
+    assert "caching inputs" in err and f"{n}/{n}" in err  # every case counted
+    assert "epoch 1" in err
+    assert "caching inputs" not in out  # stdout is left to the command's results
