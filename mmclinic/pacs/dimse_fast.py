@@ -85,11 +85,12 @@ def part10_header(sop_class: str, sop_instance: str, transfer_syntax: str) -> by
     """Preamble, ``DICM`` and the file meta that pynetdicom's ``Event.encoded_dataset`` writes, or None."""
     from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-    values = [_text(v, b"\0") for v in (sop_class, sop_instance, transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID)]
+    cls, inst, syntax, impl = (
+        _text(v, b"\0") for v in (sop_class, sop_instance, transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID)
+    )
     version = _text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")
-    if version is None or any(v is None for v in values):
+    if cls is None or inst is None or syntax is None or impl is None or version is None:
         return None
-    cls, inst, syntax, impl = (v for v in values if v is not None)
     body = b"".join(
         (
             _explicit(0x0001, b"OB", b"\x00\x01"),
@@ -117,6 +118,8 @@ _STORE_RQ = {
 }
 _C_STORE_RQ = 0x0001
 _REQUIRED_RQ = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID")
+# The C-STORE-RQ fields a request primitive carries (the others only frame the message).
+_PRIMITIVE_FIELDS = (*_REQUIRED_RQ, "Priority", "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
 
 
 def decode_store_request(command: bytes) -> dict[str, int | str] | None:
@@ -162,8 +165,8 @@ def store_request_primitive(context_id: int, fields: dict[str, int | str], data_
     from pynetdicom.dimse_primitives import C_STORE
 
     rq = C_STORE()
-    for name, _ in _STORE_RQ.values():
-        if name in fields and name not in ("CommandGroupLength", "CommandField", "CommandDataSetType"):
+    for name in _PRIMITIVE_FIELDS:
+        if name in fields:
             setattr(rq, name, fields[name])
     rq.DataSet = BytesIO(data_set)
     rq._context_id = context_id

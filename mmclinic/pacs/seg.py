@@ -22,35 +22,30 @@ def _frame_planes(sources: Sequence[Dataset]) -> list[tuple[Any, Any, Any, float
     """
     import numpy as np
 
-    def plane(item: Dataset, shared: Dataset | None, origin: Any) -> tuple[Any, Any, Any, float, float]:
-        def find(seq: str, keyword: str) -> Any:
-            for holder in (item, shared):
-                if holder is not None and seq in holder and keyword in holder[seq].value[0]:
-                    return holder[seq].value[0][keyword].value
-            raise KeyError(keyword)
+    def plane(position: Any, orientation: Any, spacing: Any) -> tuple[Any, Any, Any, float, float]:
+        iop = np.asarray([float(v) for v in orientation])
+        return np.asarray([float(v) for v in position]), iop[:3], iop[3:], float(spacing[0]), float(spacing[1])
 
-        iop = [
-            float(v)
-            for v in (
-                item.ImageOrientationPatient
-                if shared is None
-                else find("PlaneOrientationSequence", "ImageOrientationPatient")
-            )
-        ]
-        dr, dc = (
-            float(v) for v in (item.PixelSpacing if shared is None else find("PixelMeasuresSequence", "PixelSpacing"))
-        )
-        return np.asarray([float(v) for v in origin]), np.asarray(iop[:3]), np.asarray(iop[3:]), dr, dc
+    def grouped(item: Dataset, shared: Dataset, seq: str, keyword: str) -> Any:
+        for holder in (item, shared):
+            if seq in holder and keyword in holder[seq].value[0]:
+                return holder[seq].value[0][keyword].value
+        raise KeyError(keyword)
 
     planes = []
     for ds in sources:
         if "PerFrameFunctionalGroupsSequence" not in ds:
-            planes.append(plane(ds, None, ds.ImagePositionPatient))
+            planes.append(plane(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing))
             continue
         shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
         for item in ds.PerFrameFunctionalGroupsSequence:
-            pos = item.PlanePositionSequence[0] if "PlanePositionSequence" in item else shared.PlanePositionSequence[0]
-            planes.append(plane(item, shared, pos.ImagePositionPatient))
+            planes.append(
+                plane(
+                    grouped(item, shared, "PlanePositionSequence", "ImagePositionPatient"),
+                    grouped(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                    grouped(item, shared, "PixelMeasuresSequence", "PixelSpacing"),
+                )
+            )
     return planes
 
 

@@ -29,10 +29,11 @@ class Store:
     data_dir: Path
 
 
-def open_store(tmp_path: Path) -> Store:
+def open_store(tmp_path: Path, database_url: str | None = None) -> Store:
+    """A migrated store under ``tmp_path/var``: its own SQLite file, or the database at ``database_url``."""
     data_dir = tmp_path / "var"
     data_dir.mkdir(parents=True, exist_ok=True)
-    engine = dbmod.create_db_engine(f"sqlite:///{(data_dir / 'mmclinic.db').as_posix()}")
+    engine = dbmod.create_db_engine(database_url or f"sqlite:///{(data_dir / 'mmclinic.db').as_posix()}")
     dbmod.upgrade(engine)
     return Store(engine, dbmod.session_factory(engine), data_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from mmclinic.config import PacsDestination
@@ -49,16 +50,22 @@ def test_interrupted_move_is_completed(tmp_path: Path) -> None:
     assert box.sent() == ["sr-2"] and box.pending() == []
 
 
-def test_a_destination_added_later_gets_the_result_once(tmp_path: Path) -> None:
-    calls: list[int] = []
+def _reconfigurable(tmp_path: Path, calls: list[int]) -> Callable[..., Outbox]:
+    """``box(*ports)``: the same spool under a configuration with those destinations; every send succeeds."""
 
     def sender(data: bytes, d: PacsDestination, calling: str) -> tuple[bool, str]:
         calls.append(d.port)
         return True, "ok"
 
-    def box(*ports: int) -> Outbox:  # the same spool under another configuration
+    def box(*ports: int) -> Outbox:
         return Outbox(tmp_path / "outbox", make_settings(tmp_path, destinations=[dest(p) for p in ports]).pacs, sender)
 
+    return box
+
+
+def test_a_destination_added_later_gets_the_result_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+    box = _reconfigurable(tmp_path, calls)
     assert box(1).put("sr-1", b"DICM") and box(1).flush(now=1.0).sent == 1
     assert box(1).put("sr-1", b"DICM") is False  # nothing new to send
     later = box(1, 2)
@@ -71,14 +78,7 @@ def test_a_destination_added_later_gets_the_result_once(tmp_path: Path) -> None:
 
 def test_a_destination_removed_before_delivery_is_dropped_not_counted_as_delivered(tmp_path: Path) -> None:
     calls: list[int] = []
-
-    def sender(data: bytes, d: PacsDestination, calling: str) -> tuple[bool, str]:
-        calls.append(d.port)
-        return True, "ok"
-
-    def box(*ports: int) -> Outbox:
-        return Outbox(tmp_path / "outbox", make_settings(tmp_path, destinations=[dest(p) for p in ports]).pacs, sender)
-
+    box = _reconfigurable(tmp_path, calls)
     assert box(1, 2).put("sr-1", b"DICM")
     assert box(1).flush(now=1.0).sent == 1 and calls == [1]  # 2 was taken out of the configuration meanwhile
     assert box(1, 2).put("sr-1", b"DICM") is True  # back in: it still gets the result

@@ -11,8 +11,7 @@ from _support import enter_test_database
 from sqlalchemy import func, select
 
 from mmclinic.pacs.receive import Receiver
-from mmclinic.pacs.testing import Store, make_settings
-from mmclinic.store import db as dbmod
+from mmclinic.pacs.testing import Store, make_settings, open_store
 from mmclinic.store.models import AuditEvent, Instance
 
 
@@ -20,14 +19,11 @@ from mmclinic.store.models import AuditEvent, Instance
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """The receiver's SQL runs as Core statements on the connection: every test here runs on both backends."""
     ctx, url = enter_test_database(str(request.param), tmp_path)
-    engine = dbmod.create_db_engine(url)
     try:
-        dbmod.upgrade(engine)
-        data_dir = tmp_path / "var"
-        data_dir.mkdir()
-        yield Store(engine, dbmod.session_factory(engine), data_dir)
+        st = open_store(tmp_path, url)
+        yield st
+        st.engine.dispose()
     finally:
-        engine.dispose()
         ctx.__exit__(None, None, None)
 
 

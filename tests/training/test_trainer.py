@@ -81,18 +81,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     train(cohort, straight, _cfg(epochs=3), registry=toy_registry(), progress=False)
 
     resumed = tmp_path / "resumed"
-    real_epoch = Trainer._epoch
-
-    def crash_at_3(self: Trainer, data: Any, opt: Any, pw: Any, epoch: int) -> float:
-        if epoch == 3:
-            raise KeyboardInterrupt  # killed mid-run
-        return real_epoch(self, data, opt, pw, epoch)
-
-    monkeypatch.setattr(Trainer, "_epoch", crash_at_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(cohort, resumed, _cfg(epochs=3), registry=toy_registry(), progress=False)
+    _interrupted_run(resumed, cohort, monkeypatch, _cfg(epochs=3), at_epoch=3)
     assert not (resumed / "model.pt").exists() and (resumed / "last.pt").exists()
-    monkeypatch.setattr(Trainer, "_epoch", real_epoch)
     trainer = Trainer(_cfg(epochs=3), resumed, toy_registry(), progress=False)
     res = trainer.run(cohort)
     assert trainer.cache_stats["misses"] == 0  # second run read every input from the cache
@@ -103,15 +93,18 @@ def test_resume_after_interruption_equals_uninterrupted_run(
     assert [h["epoch"] for h in res.summary["history"]] == [1, 2, 3]
 
 
-def _interrupted_run(out: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig) -> None:
+def _interrupted_run(
+    out: Path, cohort: Any, monkeypatch: pytest.MonkeyPatch, cfg: TrainConfig, at_epoch: int = 2
+) -> None:
+    """A run killed when epoch ``at_epoch`` starts: ``last.pt`` holds the epochs before it."""
     real_epoch = Trainer._epoch
 
-    def crash_at_2(self: Trainer, data: Any, opt: Any, pw: Any, epoch: int) -> float:
-        if epoch == 2:
-            raise KeyboardInterrupt
+    def crash(self: Trainer, data: Any, opt: Any, pw: Any, epoch: int) -> float:
+        if epoch == at_epoch:
+            raise KeyboardInterrupt  # killed mid-run
         return real_epoch(self, data, opt, pw, epoch)
 
-    monkeypatch.setattr(Trainer, "_epoch", crash_at_2)
+    monkeypatch.setattr(Trainer, "_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
         train(cohort, out, cfg, registry=toy_registry(), progress=False)
     monkeypatch.setattr(Trainer, "_epoch", real_epoch)
