@@ -14,6 +14,15 @@ pynetdicom's acceptor polls, and each poll interval is latency added to every C-
   burns no CPU; the wait is bounded so the loop still checks release, abort and timeouts. The
   longer the wait, the rarer a message lands in the fixed 1 ms sleep between two waits; it ends
   early when the DUL queued a release or abort for the association, so those are not delayed.
+- Each P-DATA-TF PDU goes from the socket through two copies, pynetdicom's PDU decoder, two event
+  triggers, the event queue and the state machine before its data reaches the DIMSE provider:
+  about 0.1 ms per PDU, several per CT slice. In the one state where that path can only hand the
+  data on (Sta6, nothing queued ahead of it, no handler bound to those events, no TLS), the DUL
+  here reads the PDU into one buffer and gives its values to the DIMSE provider as views into it.
+  Any other PDU, and a P-DATA-TF whose items are not well formed, takes pynetdicom's path.
+- pynetdicom's "standard" event handlers write a text summary of every PDU and DIMSE message to its
+  DEBUG log, and build the text whether or not DEBUG is on. They are unbound unless that log is
+  enabled (bound, they would also keep P-DATA on pynetdicom's path).
 - Its socket reads a PDU 4 KiB per call into a growing buffer (about 25 calls for a 100 KiB
   PDU); here it reads into one buffer of the PDU's size, as much per call as has arrived.
 - C-STORE requests are decoded, and their responses and the received instance's file meta are
@@ -35,6 +44,7 @@ from typing import Any
 from mmclinic.pacs.dimse_fast import (
     decode_store_request,
     part10_header,
+    split_pdvs,
     store_request_primitive,
     store_response_bytes,
 )
@@ -45,6 +55,7 @@ _DUL_MAX_WAIT_S = 0.01
 _DUL_FALLBACK_SLEEP_S = 0.001  # pynetdicom's own pause, where there is nothing to wait on
 _MSG_WAIT_S = 0.02
 _MSG_SLICE_S = 0.001
+_FIRST_BUFFER_MAX = 2 << 20  # above the default 1 MiB PDU limit: one allocation per PDU in practice
 
 
 def prompt_dimse_class() -> type[Any]:
@@ -73,7 +84,7 @@ def prompt_dimse_class() -> type[Any]:
                         return None, None
 
         # A C-STORE-RQ in progress on the short path: (context id, command fields, data fragments).
-        _fast: tuple[int, dict[str, int | str], list[bytes]] | None = None
+        _fast: tuple[int, dict[str, int | str], list[bytes | memoryview]] | None = None
 
         def receive_primitive(self, primitive: Any) -> None:
             # A C-STORE-RQ whose command arrives whole in its first PDV is decoded here (see
@@ -83,11 +94,11 @@ def prompt_dimse_class() -> type[Any]:
             pdvs = list(primitive.presentation_data_value_list)
             if self._fast is None:
                 if self.message is not None or not pdvs or pdvs[0][1][0] & 3 != 3:
-                    super().receive_primitive(primitive)
+                    super().receive_primitive(_as_bytes(primitive))
                     return
                 fields = decode_store_request(bytes(pdvs[0][1][1:]))
                 if fields is None:
-                    super().receive_primitive(primitive)
+                    super().receive_primitive(_as_bytes(primitive))
                     return
                 self._fast = (pdvs[0][0], fields, [])
                 pdvs = pdvs[1:]
@@ -98,7 +109,7 @@ def prompt_dimse_class() -> type[Any]:
                     self._fast = None
                     self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts the association
                     return
-                chunks.append(bytes(data[1:]))
+                chunks.append(data[1:])  # a view when the DUL read the PDU itself: joined once below
                 if data[0] & 2:  # last fragment of the data set
                     self._fast = None
                     try:
@@ -129,7 +140,12 @@ def prompt_dimse_class() -> type[Any]:
 
 
 def waking_dul_class() -> type[Any]:
+    from pynetdicom import evt
     from pynetdicom.dul import DULServiceProvider
+    from pynetdicom.pdu_primitives import P_DATA
+
+    # Events the direct P-DATA path does not trigger: it is taken only while none has a handler.
+    _DIRECT_PDATA_SKIPS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
     class WakingDUL(DULServiceProvider):
         """DUL provider that waits on its socket and a wake-up channel instead of sleeping (see the module docstring).
@@ -196,6 +212,59 @@ def waking_dul_class() -> type[Any]:
                         pass
             return True
 
+        def _read_pdu_data(self) -> None:
+            # A P-DATA-TF in Sta6 is handed to the DIMSE provider here (see the module docstring).
+            transport = self.socket
+            sock = transport.socket if transport is not None else None
+            if transport is None or sock is None or not self._may_deliver_directly(sock):
+                super()._read_pdu_data()
+                return
+            try:
+                head = sock.recv(6, socket.MSG_PEEK)
+            except (OSError, ValueError):
+                head = b""
+            if len(head) < 6 or head[0] != 0x04:
+                super()._read_pdu_data()  # not a P-DATA-TF, or its header is not all here: as pynetdicom reads it
+                return
+            size = 6 + int.from_bytes(head[2:6], "big")
+            try:
+                pdu = transport.recv(size)
+            except (OSError, TimeoutError):
+                pdu = bytearray()
+            if len(pdu) != size:  # closed before the whole PDU arrived, as pynetdicom treats it
+                log.warning("DICOM connection closed in the middle of a PDU")
+                self.event_queue.put("Evt17")
+                return
+            pdvs = split_pdvs(memoryview(pdu)[6:])
+            if pdvs is None:
+                self._decode_like_pynetdicom(bytes(pdu))
+                return
+            data: Any = P_DATA()  # its values are views here; _as_bytes converts them before pynetdicom sees them
+            data.presentation_data_value_list.extend(pdvs)  # as pynetdicom's to_primitive fills it
+            try:  # what the state machine's DT-2 does, and how it treats a failure
+                self.assoc.dimse.receive_primitive(data)
+            except Exception:
+                log.exception("received P-DATA could not be processed; the association ends")
+                self.kill_dul()
+
+        def _may_deliver_directly(self, sock: socket.socket) -> bool:
+            if isinstance(sock, ssl.SSLSocket) or self.state_machine.current_state != "Sta6":
+                return False
+            if not (self.event_queue.empty() and self._recv_pdu.empty()):
+                return False  # something is ahead of this PDU in pynetdicom's order
+            return not any(self.assoc.get_handlers(e) for e in _DIRECT_PDATA_SKIPS)
+
+        def _decode_like_pynetdicom(self, pdu: bytes) -> None:
+            """The end of pynetdicom's ``_read_pdu_data``, for a P-DATA-TF already read here."""
+            try:
+                decoded, event_name = self._decode_pdu(bytearray(pdu))
+            except Exception:
+                log.warning("a received PDU could not be decoded")
+                self.event_queue.put("Evt19")
+                return
+            self.event_queue.put(event_name)
+            self._recv_pdu.put(decoded)
+
         def run(self) -> None:
             # ``run``, not ``run_reactor``: the thread's target was bound to pynetdicom's reactor
             # before the class was swapped, while ``run`` is looked up when the thread starts.
@@ -218,19 +287,47 @@ def bulk_socket_class() -> type[Any]:
         def recv(self, nr_bytes: int) -> bytearray:
             sock = self.socket
             assert sock is not None  # pynetdicom reads only from a connected socket
-            buf = bytearray(nr_bytes)
+            # The length comes from the peer: allocate for what arrives, not for what it announces
+            # (a PDU header claiming 4 GiB must not reserve 4 GiB). One allocation up to the cap.
+            buf = bytearray(min(nr_bytes, _FIRST_BUFFER_MAX))
             got = 0
-            with memoryview(buf) as view:
-                while got < nr_bytes:
-                    n = sock.recv_into(view[got:], nr_bytes - got)
-                    if not n:  # closed by the peer: what arrived, as pynetdicom returns it
-                        break
-                    got += n
-            if got < nr_bytes:
+            while got < nr_bytes:
+                if got == len(buf):
+                    buf.extend(bytes(min(len(buf), nr_bytes - got)))  # doubling, bounded by the request
+                with memoryview(buf) as view:
+                    n = sock.recv_into(view[got:], len(buf) - got)
+                if not n:  # closed by the peer: what arrived, as pynetdicom returns it
+                    break
+                got += n
+            if got < len(buf):
                 del buf[got:]
             return buf
 
     return BulkReadSocket
+
+
+def _as_bytes(primitive: Any) -> Any:
+    """A P-DATA primitive whose values are bytes, as pynetdicom's own decoder gives them (it may keep them)."""
+    if all(isinstance(data, bytes) for _, data in primitive.presentation_data_value_list):
+        return primitive
+    copy = type(primitive)()
+    copy.presentation_data_value_list.extend((cx, bytes(data)) for cx, data in primitive.presentation_data_value_list)
+    return copy
+
+
+def unbind_debug_summaries(assoc: Any) -> None:
+    """Unbind pynetdicom's PDU/DIMSE text summaries from ``assoc`` unless its DEBUG log is on (module docstring)."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    from pynetdicom import _handlers, evt
+
+    for event, handler in (
+        (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+        (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+        (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+        (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+    ):
+        assoc.unbind(event, handler)
 
 
 def part10(ev: Any) -> bytes:

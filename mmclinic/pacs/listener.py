@@ -17,7 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from mmclinic.config import PacsPeer, PacsSettings
 from mmclinic.errors import ConfigError
 from mmclinic.logs import event
-from mmclinic.pacs.acceptor import bulk_socket_class, part10, prompt_dimse_class, waking_dul_class
+from mmclinic.pacs.acceptor import (
+    bulk_socket_class,
+    part10,
+    prompt_dimse_class,
+    unbind_debug_summaries,
+    waking_dul_class,
+)
 from mmclinic.pacs.receive import ACCEPTED_SOP_CLASSES, Receiver, listener_actor
 from mmclinic.store.audit import record
 from mmclinic.store.db import transaction
@@ -209,6 +215,7 @@ class StorageSCP:
         class Handler(RequestHandler):
             def _create_association(self) -> Any:
                 assoc = super()._create_association()
+                unbind_debug_summaries(assoc)
                 assoc.acse = acse_cls(assoc)
                 # Not started yet, so nothing holds the old DIMSE provider. The DUL already holds the
                 # socket and timers: it keeps its state and only gains the waiting behaviour above.

@@ -187,3 +187,43 @@ def test_a_message_that_begins_in_the_same_p_data_is_not_lost() -> None:
     got = [provider.msg_queue.get_nowait()[1] for _ in range(2)]
     assert [g.DataSet.getvalue() for g in got] == [b"\x01" * 6000, b"\x02" * 100]  # type: ignore[attr-defined]
     assert got[1].MoveOriginatorApplicationEntityTitle == "ORTHANC"  # type: ignore[attr-defined]
+
+
+def _pdata_body(items: list[tuple[int, bytes]]) -> bytes:
+    return b"".join((len(value) + 1).to_bytes(4, "big") + bytes([cx]) + value for cx, value in items)
+
+
+def test_split_pdvs_gives_pynetdicoms_items_as_views() -> None:
+    import random
+
+    from pynetdicom.pdu import P_DATA_TF
+
+    from mmclinic.pacs.dimse_fast import split_pdvs
+
+    rng = random.Random(7)
+    for _ in range(50):
+        items = [
+            (rng.randrange(1, 256, 2), bytes([rng.randrange(4)]) + rng.randbytes(rng.randrange(0, 3000)))
+            for _ in range(rng.randrange(1, 4))
+        ]
+        body = _pdata_body(items)
+        theirs = P_DATA_TF()
+        theirs.decode(b"\x04\x00" + len(body).to_bytes(4, "big") + body)
+        ours = split_pdvs(memoryview(body))
+        assert ours is not None
+        assert [(cx, bytes(v)) for cx, v in ours] == [
+            (i.presentation_context_id, i.presentation_data_value) for i in theirs.presentation_data_value_items
+        ]
+
+
+def test_split_pdvs_declines_items_that_are_not_well_formed() -> None:
+    from mmclinic.pacs.dimse_fast import split_pdvs
+
+    good = _pdata_body([(1, b"\x02abc")])
+    for body in (
+        b"",  # no item at all
+        good[:-1],  # the item runs past the PDU
+        good + b"\x00\x00",  # a stray partial item header
+        (1).to_bytes(4, "big") + b"\x01",  # an item without a message control header
+    ):
+        assert split_pdvs(memoryview(body)) is None

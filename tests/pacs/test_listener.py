@@ -93,6 +93,62 @@ def test_malformed_dataset_gets_failure_and_listener_keeps_serving(
     assert scu_store(service.scp.port, study_files[:1]) == [0]
 
 
+def _counting_split(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from mmclinic.pacs import acceptor
+
+    calls: list[int] = []
+    real = acceptor.split_pdvs
+
+    def counted(body: memoryview) -> object:
+        calls.append(len(body))
+        return real(body)
+
+    monkeypatch.setattr(acceptor, "split_pdvs", counted)
+    return calls
+
+
+def test_p_data_is_read_directly_unless_pynetdicom_handlers_watch_it(
+    service: PacsService, store: Store, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    calls = _counting_split(monkeypatch)
+    assert scu_store(service.scp.port, study_files[:2]) == [0, 0]
+    assert len(calls) >= 2  # command and data of both instances came the short way
+    # With pynetdicom's DEBUG log on, its summary handlers stay bound, and they see every PDU.
+    calls.clear()
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    level = pynetdicom_log.level
+    pynetdicom_log.setLevel(logging.DEBUG)  # setLevel, not the attribute: it clears the level cache
+    try:
+        assert scu_store(service.scp.port, study_files[2:4]) == [0, 0]
+    finally:
+        pynetdicom_log.setLevel(level)
+    assert calls == []
+    with store.factory() as s:
+        stored = {i.sop_uid: i.storage_path for i in s.scalars(select(Instance)).all()}
+    assert len(stored) == 4
+    for path in study_files[:4]:  # both paths stored every instance intact
+        sent = pydicom.dcmread(path)
+        assert pydicom.dcmread(stored[sent.SOPInstanceUID]).PixelData == sent.PixelData
+
+
+def test_a_broken_p_data_pdu_aborts_its_association_only(service: PacsService, study_files: list[Path]) -> None:
+    ae = AE(ae_title=SCU_AE)
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", service.scp.port, ae_title="MMCLINIC")
+    assert assoc.is_established
+    cx = assoc.accepted_contexts[0].context_id
+    body = (100).to_bytes(4, "big") + bytes([cx]) + b"\x03" + b"\0" * 10  # the item claims 100 bytes, has 11
+    assoc.dul.socket.send(b"\x04\x00" + len(body).to_bytes(4, "big") + body)
+    deadline = time.monotonic() + 5
+    while not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert assoc.is_aborted  # the listener aborted it (pynetdicom's answer to an invalid PDU)
+    assert scu_echo(service.scp.port) == 0
+    assert scu_store(service.scp.port, study_files[:1]) == [0]
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -124,6 +180,15 @@ def test_bulk_socket_reads_whole_pdus_and_stops_at_close() -> None:
         sender.start()
         assert wrapped.recv(100_000) == payload[:100_000]  # arrives in many segments, one buffer
         assert wrapped.recv(500_000) == payload[100_000:]  # the peer closed early: what arrived
+        sender.join()
+    c, d = socket.socketpair()
+    with c, d:
+        wrapped.socket = c
+        payload = bytes(range(256)) * 20_000  # 5 MB: past the first buffer, so it grows
+        sender = threading.Thread(target=lambda: (d.sendall(payload), d.close()))
+        sender.start()
+        # A length announced by the peer (1 TiB) is not allocated up front: what arrives is returned.
+        assert wrapped.recv(1 << 40) == payload
         sender.join()
 
 
