@@ -23,6 +23,9 @@ pynetdicom's acceptor polls, and each poll interval is latency added to every C-
 - pynetdicom's "standard" event handlers write a text summary of every PDU and DIMSE message to its
   DEBUG log, and build the text whether or not DEBUG is on. They are unbound unless that log is
   enabled (bound, they would also keep P-DATA on pynetdicom's path).
+- Each response is queued for the DUL thread, which wakes and runs the state machine to send it.
+  Under the same conditions (Sta6, nothing queued, no handler on those events, no TLS) the
+  association thread sends a C-STORE response itself, under a lock the DUL's sends also take.
 - Its socket reads a PDU 4 KiB per call into a growing buffer (about 25 calls for a 100 KiB
   PDU); here it reads into one buffer of the PDU's size, as much per call as has arrived.
 - C-STORE requests are decoded, and their responses and the received instance's file meta are
@@ -43,6 +46,7 @@ from typing import Any
 
 from mmclinic.pacs.dimse_fast import (
     decode_store_request,
+    p_data_tf_bytes,
     part10_header,
     split_pdvs,
     store_request_primitive,
@@ -132,8 +136,12 @@ def prompt_dimse_class() -> type[Any]:
             if command is None or (limit and len(command) + 6 > limit):  # + PDV header: one fragment only
                 super().send_msg(primitive, context_id)
                 return
+            fragment = b"\x03" + command  # the last (only) fragment of a command
+            send_now = getattr(self.dul, "send_p_data_now", None)
+            if send_now is not None and send_now(context_id, fragment):
+                return
             pdata = P_DATA()
-            pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+            pdata.presentation_data_value_list.append((context_id, fragment))
             self.dul.send_pdu(pdata)
 
     return PromptDIMSE
@@ -144,8 +152,9 @@ def waking_dul_class() -> type[Any]:
     from pynetdicom.dul import DULServiceProvider
     from pynetdicom.pdu_primitives import P_DATA
 
-    # Events the direct P-DATA path does not trigger: it is taken only while none has a handler.
+    # Events the direct P-DATA paths do not trigger: each is taken only while none has a handler.
     _DIRECT_PDATA_SKIPS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
+    _DIRECT_SEND_SKIPS = (evt.EVT_DATA_SENT, evt.EVT_PDU_SENT, evt.EVT_FSM_TRANSITION)
 
     class WakingDUL(DULServiceProvider):
         """DUL provider that waits on its socket and a wake-up channel instead of sleeping (see the module docstring).
@@ -157,8 +166,10 @@ def waking_dul_class() -> type[Any]:
         """
 
         _wake: tuple[socket.socket, socket.socket] | None = None
+        _send_lock: threading.Lock | None = None
 
         def open_wakeup(self) -> None:
+            self._send_lock = threading.Lock()
             pair = socket.socketpair()
             for end in pair:
                 end.setblocking(False)
@@ -174,6 +185,38 @@ def waking_dul_class() -> type[Any]:
         def send_pdu(self, primitive: Any) -> None:
             super().send_pdu(primitive)
             self._signal()
+
+        def _send(self, pdu: Any) -> None:
+            lock = self._send_lock
+            if lock is None:
+                super()._send(pdu)
+                return
+            with lock:  # never interleaved with a send_p_data_now of the association thread
+                super()._send(pdu)
+
+        def send_p_data_now(self, context_id: int, value: bytes) -> bool:
+            """Send a one-value P-DATA-TF from the calling thread; False when it must go through the queue.
+
+            pynetdicom queues every PDU for the DUL thread, which wakes, runs the state machine
+            (Sta6 + Evt9: DT-1, back to Sta6) and sends: a thread hand-off and about 0.3 ms before
+            each C-STORE response leaves. In Sta6 with nothing queued ahead, no handler bound to the
+            events that path triggers and no TLS, sending here is the same bytes in the same order. The
+            lock keeps the DUL's own sends (release, abort) from interleaving with it. Order with
+            queued P-DATA holds because this listener has at most one response outstanding per
+            association (it negotiates no asynchronous operations).
+            """
+            lock, transport = self._send_lock, self.socket
+            if lock is None or transport is None or transport.socket is None or not transport._is_connected:
+                return False
+            if isinstance(transport.socket, ssl.SSLSocket):  # one TLS connection must not be used by two threads
+                return False
+            with lock:
+                if self.state_machine.current_state != "Sta6" or not self.to_provider_queue.empty():
+                    return False
+                if any(self.assoc.get_handlers(e) for e in _DIRECT_SEND_SKIPS):
+                    return False
+                transport.send(p_data_tf_bytes(context_id, value))  # a failure queues Evt17, as pynetdicom's path
+            return True
 
         def kill_dul(self) -> None:
             super().kill_dul()

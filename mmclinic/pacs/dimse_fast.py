@@ -177,6 +177,12 @@ def store_request_primitive(context_id: int, fields: dict[str, int | str], data_
     return rq
 
 
+def p_data_tf_bytes(context_id: int, value: bytes) -> bytes:
+    """A P-DATA-TF PDU with one presentation data value (PS3.8 9.3.5), as pynetdicom encodes it."""
+    item = struct.pack(">IB", len(value) + 1, context_id) + value
+    return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
+
+
 def split_pdvs(body: memoryview) -> list[tuple[int, memoryview]] | None:
     """The presentation data values of a P-DATA-TF PDU's body (after its 6-byte header), as views into it.
 

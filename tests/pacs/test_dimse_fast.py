@@ -227,3 +227,15 @@ def test_split_pdvs_declines_items_that_are_not_well_formed() -> None:
         (1).to_bytes(4, "big") + b"\x01",  # an item without a message control header
     ):
         assert split_pdvs(memoryview(body)) is None
+
+
+def test_p_data_tf_bytes_equal_pynetdicoms_encoding() -> None:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from mmclinic.pacs.dimse_fast import p_data_tf_bytes
+
+    for context_id, value in ((1, b"\x03" + bytes(range(40))), (255, b"\x02"), (7, b"\x03" + b"x" * 70_000)):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((context_id, value))
+        assert p_data_tf_bytes(context_id, value) == P_DATA_TF(primitive).encode()

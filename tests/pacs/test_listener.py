@@ -93,30 +93,39 @@ def test_malformed_dataset_gets_failure_and_listener_keeps_serving(
     assert scu_store(service.scp.port, study_files[:1]) == [0]
 
 
-def _counting_split(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _counting_short_paths(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """Counters of P-DATA read directly (split_pdvs calls) and responses sent directly (p_data_tf_bytes calls)."""
     from mmclinic.pacs import acceptor
 
-    calls: list[int] = []
-    real = acceptor.split_pdvs
+    reads: list[int] = []
+    sends: list[int] = []
+    split, encode = acceptor.split_pdvs, acceptor.p_data_tf_bytes
 
-    def counted(body: memoryview) -> object:
-        calls.append(len(body))
-        return real(body)
+    def counted_split(body: memoryview) -> object:
+        reads.append(len(body))
+        return split(body)
 
-    monkeypatch.setattr(acceptor, "split_pdvs", counted)
-    return calls
+    def counted_encode(context_id: int, value: bytes) -> bytes:
+        sends.append(len(value))
+        return encode(context_id, value)
+
+    monkeypatch.setattr(acceptor, "split_pdvs", counted_split)
+    monkeypatch.setattr(acceptor, "p_data_tf_bytes", counted_encode)
+    return reads, sends
 
 
-def test_p_data_is_read_directly_unless_pynetdicom_handlers_watch_it(
+def test_p_data_is_read_and_answered_directly_unless_pynetdicom_handlers_watch_it(
     service: PacsService, store: Store, study_files: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import logging
 
-    calls = _counting_split(monkeypatch)
+    reads, sends = _counting_short_paths(monkeypatch)
     assert scu_store(service.scp.port, study_files[:2]) == [0, 0]
-    assert len(calls) >= 2  # command and data of both instances came the short way
+    assert len(reads) >= 2  # command and data of both instances came the short way
+    assert len(sends) == 2  # and both responses left from the handler's thread
     # With pynetdicom's DEBUG log on, its summary handlers stay bound, and they see every PDU.
-    calls.clear()
+    reads.clear()
+    sends.clear()
     pynetdicom_log = logging.getLogger("pynetdicom")
     level = pynetdicom_log.level
     pynetdicom_log.setLevel(logging.DEBUG)  # setLevel, not the attribute: it clears the level cache
@@ -124,7 +133,7 @@ def test_p_data_is_read_directly_unless_pynetdicom_handlers_watch_it(
         assert scu_store(service.scp.port, study_files[2:4]) == [0, 0]
     finally:
         pynetdicom_log.setLevel(level)
-    assert calls == []
+    assert reads == [] and sends == []
     with store.factory() as s:
         stored = {i.sop_uid: i.storage_path for i in s.scalars(select(Instance)).all()}
     assert len(stored) == 4
