@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from mmclinic.errors import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
@@ -55,6 +57,25 @@ class ImagingSpec:
     hu_window: tuple[float, float] = (-1000.0, 400.0)
 
 
+# What the core reads a head as: "presence" → Prediction.tumor_probability, "risk" →
+# Prediction.malignancy_risk (and each finding's risk). A task that fuses must declare one of each.
+HEAD_ROLES = ("presence", "risk")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One case-level output of a task: a binary head trained on the case label ``label``.
+
+    ``fallback_label``: the label whose value is used when a case lacks ``label`` (tumor-risk: a
+    case labelled only ``malignant`` trains ``tumor_present`` on that value).
+    """
+
+    name: str
+    label: str
+    role: str
+    fallback_label: str | None = None
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What a task needs from the modality plugins and what it predicts."""
@@ -66,6 +87,25 @@ class TaskSpec:
     imaging: ImagingSpec = field(default_factory=ImagingSpec)
     tabular_schema: tuple[FeatureSpec, ...] = ()
     max_text_tokens: int = 8  # K: attention-pooled text tokens per case
+    heads: tuple[HeadSpec, ...] = ()  # case-level outputs, in the model's logit order (see HEAD_ROLES)
+
+    def head_index(self, role: str) -> int:
+        """Position of the head with ``role`` among ``heads``; ConfigError when there is not exactly one."""
+        found = [i for i, h in enumerate(self.heads) if h.role == role]
+        if len(found) != 1:
+            raise ConfigError("task.bad_heads", f"task {self.name!r} declares {len(found)} {role!r} heads, needs one")
+        return found[0]
+
+    def check_heads(self) -> None:
+        """ConfigError unless the heads can drive a fusion model: one per role, unique names, declared labels."""
+        for role in HEAD_ROLES:
+            self.head_index(role)
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names) or any(h.role not in HEAD_ROLES for h in self.heads):
+            raise ConfigError("task.bad_heads", f"task {self.name!r}: head names must be unique, roles {HEAD_ROLES}")
+        for h in self.heads:
+            if h.label not in self.labels or (h.fallback_label is not None and h.fallback_label not in self.labels):
+                raise ConfigError("task.bad_heads", f"task {self.name!r}: head {h.name!r} names an undeclared label")
 
 
 @dataclass

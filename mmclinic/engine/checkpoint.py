@@ -15,8 +15,9 @@ from torch import nn
 
 from mmclinic import __version__
 from mmclinic.case import sha256_file, stable_hash
-from mmclinic.errors import ModelError
+from mmclinic.errors import MmclinicError, ModelError
 from mmclinic.logs import event
+from mmclinic.model.fusion import HEADS
 from mmclinic.plugin_api import ModalityPlugin, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def preprocessing_hash(spec: TaskSpec, plugins: dict[str, ModalityPlugin]) -> st
     """Hash of everything that shapes model inputs: task spec, plugin names/versions/configs."""
     return stable_hash(
         {
-            "spec": spec_to_dict(spec),
+            # Heads are outputs, not inputs: a checkpoint saved before tasks declared them keeps its hash.
+            "spec": {k: v for k, v in spec_to_dict(spec).items() if k != "heads"},
             "plugins": {
                 m: {"name": p.name, "version": p.version, "config": p.config.model_dump(mode="json")}
                 for m, p in sorted(plugins.items())
@@ -214,6 +216,14 @@ def check_compatible(
     for key in ("tabular_schema", "imaging", "labels", "max_text_tokens"):
         if saved.get(key) != live.get(key):
             raise ModelError("model.schema_mismatch", f"task {spec.name!r}: {key} differs from the checkpoint")
+    try:
+        spec.check_heads()
+    except MmclinicError as exc:
+        raise ModelError("model.task_heads", exc.detail) from exc
+    heads = tuple(meta["fusion"].get("heads", HEADS))  # checkpoints saved before tasks declared heads
+    if heads != tuple(h.name for h in spec.heads):
+        declared = [h.name for h in spec.heads]
+        raise ModelError("model.heads_mismatch", f"task {spec.name!r} declares heads {declared}, model {list(heads)}")
     t_saved = meta["task"]["version"]
     if not plugin_versions_compatible(t_saved, task_version):
         raise ModelError("model.task_version_mismatch", f"checkpoint task {t_saved}, installed {task_version}")

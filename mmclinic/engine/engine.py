@@ -27,13 +27,11 @@ from mmclinic.errors import InputError, MmclinicError, ModelError, PluginError
 from mmclinic.logs import event
 from mmclinic.model.batching import concat_batches, detach_cpu, to_device
 from mmclinic.model.detection import DetectionConfig, find_lesions, finding_risks
-from mmclinic.model.fusion import HEADS, LESION_KEY, Batch, FusionConfig, FusionModel
+from mmclinic.model.fusion import LESION_KEY, Batch, FusionConfig, FusionModel
 from mmclinic.plugin_api import ModalityInput, ModalityPlugin, TaskPlugin, TaskSpec
 from mmclinic.registry import Registry, get_registry
 
 log = logging.getLogger(__name__)
-
-T_TUMOR, T_MALIGNANT = HEADS.index("tumor_present"), HEADS.index("malignant")
 
 
 @dataclass
@@ -62,7 +60,7 @@ class PreparedCase:
 class BatchResult:
     """Numbers for one batch (row order = input order)."""
 
-    logits: np.ndarray[Any, np.dtype[np.float32]]  # [B, len(HEADS)], before temperature
+    logits: np.ndarray[Any, np.dtype[np.float32]]  # [B, number of task heads], before temperature
     tumor_probability: np.ndarray[Any, np.dtype[np.float32]]
     malignancy_risk: np.ndarray[Any, np.dtype[np.float32]]
     lesion_prob: np.ndarray[Any, np.dtype[np.float32]] | None  # [B, X, Y, Z]
@@ -126,6 +124,8 @@ class InferenceEngine:
         self.meta = meta
         self.task = task
         self.spec = task.spec()
+        # Which logit is which comes from the task's declared heads (checked against the checkpoint).
+        self.presence_head, self.risk_head = self.spec.head_index("presence"), self.spec.head_index("risk")
         self.plugins = plugins
         self.device = device
         self.weights_sha256 = weights_sha256
@@ -274,8 +274,8 @@ class InferenceEngine:
                         continue
                     h = base_hide.clone()
                     h[:, i] = True
-                    p_wo = model.calibrated_probs(model.fuse(encoded, h).float())[:, T_MALIGNANT]
-                    delta = (probs[:, T_MALIGNANT] - p_wo).cpu().numpy()
+                    p_wo = model.calibrated_probs(model.fuse(encoded, h).float())[:, self.risk_head]
+                    delta = (probs[:, self.risk_head] - p_wo).cpu().numpy()
                     for r in np.nonzero(shown[:, i].cpu().numpy())[0]:
                         contrib[int(r)][m] = float(delta[r])
             t3 = time.perf_counter()
@@ -287,8 +287,8 @@ class InferenceEngine:
         timings.update(encode=(t1 - t0) * 1e3, fusion=(t2 - t1) * 1e3, contributions=(t3 - t2) * 1e3)
         return BatchResult(
             logits.cpu().numpy(),
-            probs[:, T_TUMOR].cpu().numpy(),
-            probs[:, T_MALIGNANT].cpu().numpy(),
+            probs[:, self.presence_head].cpu().numpy(),
+            probs[:, self.risk_head].cpu().numpy(),
             lesion,
             lesion_mod,
             contrib,
@@ -307,7 +307,7 @@ class InferenceEngine:
                 hide = torch.zeros_like(vis)
                 hide[:, i] = True
                 probs = model.calibrated_probs(model.fuse(encoded, hide).float())
-                out[m] = probs[:, T_MALIGNANT].cpu().numpy()
+                out[m] = probs[:, self.risk_head].cpu().numpy()
         return out
 
     # -- predictions ------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def task_parts(registry: Registry, task_name: str, modalities: Sequence[str] | N
 
 def new_model(parts: ModelParts, **fusion: Any) -> FusionModel:
     """A freshly initialised FusionModel over ``parts.plugins``' modalities (order = task's order)."""
-    cfg = FusionConfig(modalities=tuple(parts.plugins), **fusion)
+    parts.spec.check_heads()
+    cfg = FusionConfig(modalities=tuple(parts.plugins), heads=tuple(h.name for h in parts.spec.heads), **fusion)
     return build_model(cfg.to_dict(), parts.spec, parts.plugins)
 
 

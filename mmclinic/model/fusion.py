@@ -11,7 +11,7 @@ from torch import nn
 
 from mmclinic.plugin_api import EncoderOutput
 
-# Order of the case-level heads in ``ModelOutput.logits``.
+# The case-level heads of checkpoints saved before tasks declared them (in ``ModelOutput.logits`` order).
 HEADS: tuple[str, ...] = ("tumor_present", "malignant")
 LESION_KEY = "lesion_logits"  # encoder extra: [B, 1, X, Y, Z] logits on the task's imaging grid
 # Lesion voxels are ~1e-4 of a scan: starting the map at this logit (a rare-class prior, as in
@@ -36,22 +36,24 @@ class FusionConfig:
     # logit. An additive path matches risk that is a sum of per-modality evidence, which the CLS
     # alone learned poorly (notes+tabular barely beat tabular alone); the CLS keeps the interactions.
     late_fusion: bool = False
+    heads: tuple[str, ...] = HEADS  # the task's heads (TaskSpec.heads names), one logit each
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["heads"] = list(self.heads)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FusionConfig:
         """Inverse of ``to_dict``."""
-        return cls(**{**d, "modalities": tuple(d["modalities"])})
+        return cls(**{**d, "modalities": tuple(d["modalities"]), "heads": tuple(d.get("heads", HEADS))})
 
 
 @dataclass
 class ModelOutput:
-    """Raw outputs: case logits ``[B, len(HEADS)]`` (before temperature), per-modality aux logits and extras."""
+    """Raw outputs: case logits ``[B, len(cfg.heads)]`` (before temperature), per-modality aux logits and extras."""
 
     logits: torch.Tensor
     aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -92,19 +94,20 @@ class FusionModel(nn.Module):
         # Nested tensors would change numerics between train and eval; keep one path.
         self.fusion = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, len(HEADS))
+        n_out = len(cfg.heads)
+        self.head = nn.Linear(d, n_out)
         # Auxiliary heads on each modality's pooled tokens give every encoder its own gradient signal,
         # so one strong modality cannot leave the others untrained (helps single-modality robustness).
-        self.aux_heads = nn.ModuleDict({m: nn.Linear(d, len(HEADS)) for m in cfg.modalities})
+        self.aux_heads = nn.ModuleDict({m: nn.Linear(d, n_out) for m in cfg.modalities})
         # Temperature per head, fitted on validation after training (1.0 = uncalibrated).
-        self.register_buffer("temperature", torch.ones(len(HEADS)))
+        self.register_buffer("temperature", torch.ones(n_out))
         # Logit adjustment undoing class re-weighting: training with positive weight w shifts the
         # optimal logit by +log(w), which temperature scaling alone (no bias) cannot remove.
-        self.register_buffer("logit_offset", torch.zeros(len(HEADS)))
+        self.register_buffer("logit_offset", torch.zeros(n_out))
         self.lesion_bias = nn.Parameter(torch.tensor(LESION_PRIOR_LOGIT))
         if cfg.late_fusion:
             self.late_score = nn.ModuleDict({m: nn.Linear(d, 1) for m in cfg.modalities})
-            late_heads = {m: nn.Linear(d, len(HEADS)) for m in cfg.modalities}
+            late_heads = {m: nn.Linear(d, n_out) for m in cfg.modalities}
             for lin in late_heads.values():
                 # Zero start: training begins from the CLS-only model and grows the additive terms.
                 nn.init.zeros_(lin.weight)
@@ -136,7 +139,7 @@ class FusionModel(nn.Module):
         return encoded
 
     def fuse(self, encoded: Mapping[str, EncoderOutput], hide: torch.Tensor | None = None) -> torch.Tensor:
-        """Case logits ``[B, len(HEADS)]`` from encoder outputs; ``hide`` ``[B, M]`` removes modalities."""
+        """Case logits ``[B, len(cfg.heads)]`` from encoder outputs; ``hide`` ``[B, M]`` removes modalities."""
         any_eo = next(iter(encoded.values()))
         bsz = any_eo.tokens.shape[0]
         device = any_eo.tokens.device
@@ -162,7 +165,7 @@ class FusionModel(nn.Module):
     def _late(self, encoded: Mapping[str, EncoderOutput], hide: torch.Tensor | None) -> torch.Tensor:
         """Sum over visible modalities of each one's attention-pooled linear logit."""
         any_eo = next(iter(encoded.values()))
-        total = any_eo.tokens.new_zeros(any_eo.tokens.shape[0], len(HEADS))
+        total = any_eo.tokens.new_zeros(any_eo.tokens.shape[0], len(self.cfg.heads))
         for i, m in enumerate(self.cfg.modalities):
             if m not in encoded:
                 continue

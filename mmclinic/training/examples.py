@@ -10,6 +10,7 @@ import torch
 from mmclinic.case import IMAGING, Case
 from mmclinic.engine.factory import ModelParts
 from mmclinic.logs import event
+from mmclinic.plugin_api import TaskSpec
 from mmclinic.training.cache import CachedInput, CaseCache, safe_get
 from mmclinic.training.data import Cohort, lesion_target
 from mmclinic.training.metrics import GtLesion
@@ -25,19 +26,24 @@ class Example:
     case_id: str
     patient_id: str
     inputs: dict[str, CachedInput]
-    y: torch.Tensor  # [len(HEADS)]
+    y: torch.Tensor  # [number of task heads], in the task's head order
     lesion: torch.Tensor | None = None
     replay: dict[str, CachedInput] = field(default_factory=dict)  # stored outputs of frozen encoders
     gt_lesions: list[GtLesion] | None = None  # None: no ground truth for this case
 
 
-def _labels(case: Case) -> torch.Tensor | None:
-    try:
-        malignant = float(case.labels["malignant"])
-        tumor = float(case.labels.get("tumor_present", malignant))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return torch.tensor([tumor, malignant], dtype=torch.float32)
+def _labels(case: Case, spec: TaskSpec) -> torch.Tensor | None:
+    """One target per task head (its label, else its fallback label); None when one has neither."""
+    values = []
+    for head in spec.heads:
+        value = case.labels.get(head.label)
+        if value is None and head.fallback_label is not None:
+            value = case.labels.get(head.fallback_label)
+        try:
+            values.append(float(value))  # type: ignore[arg-type]  # None and bad text fall to except
+        except (TypeError, ValueError):
+            return None
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def build_examples(
@@ -50,7 +56,7 @@ def build_examples(
     with progress_bar("caching inputs", len(cohort.cases), enabled=progress) as advance:
         for case in cohort.cases:
             advance()
-            y = _labels(case)
+            y = _labels(case, spec)
             if y is None:
                 rejected[case.case_id] = "labels.missing"
                 continue

@@ -27,7 +27,7 @@ from mmclinic.engine.checkpoint import (
     spec_to_dict,
 )
 from mmclinic.engine.device import autocast, resolve_device
-from mmclinic.engine.engine import T_MALIGNANT, T_TUMOR, InferenceEngine, resolve_model_path
+from mmclinic.engine.engine import InferenceEngine, resolve_model_path
 from mmclinic.engine.factory import model_meta, new_model, task_parts
 from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import ConfigError, InputError, ModelError
@@ -332,8 +332,9 @@ class Trainer:
             sched.step()
             val_logits = self.predict_logits(val)
             y_val = torch.stack([e.y for e in val])
-            val_auc = auroc(val_logits[:, T_MALIGNANT].numpy(), y_val[:, T_MALIGNANT].numpy())
-            tumor_auc = auroc(val_logits[:, T_TUMOR].numpy(), y_val[:, T_TUMOR].numpy())
+            risk_h, presence_h = self.parts.spec.head_index("risk"), self.parts.spec.head_index("presence")
+            val_auc = auroc(val_logits[:, risk_h].numpy(), y_val[:, risk_h].numpy())
+            tumor_auc = auroc(val_logits[:, presence_h].numpy(), y_val[:, presence_h].numpy())
             score = val_auc if np.isfinite(val_auc) else -float(train_loss)
             rec = {
                 "epoch": epoch,
@@ -564,12 +565,13 @@ class Trainer:
         self.model.logit_offset.add_(shifts)  # type: ignore[operator]
         self.model.temperature.copy_(torch.tensor(temps))  # type: ignore[operator]
         probs = self.model.calibrated_probs(raw).numpy()
-        risk, y_m = probs[:, T_MALIGNANT], y_val[:, T_MALIGNANT].numpy()
+        risk_h, presence_h = self.parts.spec.head_index("risk"), self.parts.spec.head_index("presence")
+        risk, y_m = probs[:, risk_h], y_val[:, risk_h].numpy()
         val_detection = self._tune_detection(val)
         metrics = {
             "val_auroc": auroc(risk, y_m),
             "val_ece": ece(risk, y_m),
-            "val_tumor_auroc": auroc(probs[:, T_TUMOR], y_val[:, T_TUMOR].numpy()),
+            "val_tumor_auroc": auroc(probs[:, presence_h], y_val[:, presence_h].numpy()),
             "threshold": youden_threshold(risk, y_m),  # operating point chosen on validation only
             "temperature": temps,
             "calibration_shift": [s for _, s in fits],

@@ -16,6 +16,7 @@ from mmclinic.errors import InputError
 from mmclinic.plugin_api import (
     EncoderOutput,
     FeatureSpec,
+    HeadSpec,
     ImagingSpec,
     ModalityInput,
     ModalityPlugin,
@@ -139,6 +140,10 @@ TOY_SPEC = TaskSpec(
     labels=("tumor_present", "malignant"),
     imaging=ImagingSpec(spacing_mm=SPACING, size=GRID),
     tabular_schema=(FeatureSpec("a", "numeric", unit="u"), FeatureSpec("b", "numeric", unit="u")),
+    heads=(
+        HeadSpec("tumor_present", "tumor_present", "presence", fallback_label="malignant"),
+        HeadSpec("malignant", "malignant", "risk"),
+    ),
 )
 
 

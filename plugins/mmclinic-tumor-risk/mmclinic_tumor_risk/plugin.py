@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mmclinic.case import IMAGING, NOTES, TABULAR, Prediction
-from mmclinic.plugin_api import ImagingSpec, TaskPlugin, TaskSpec
+from mmclinic.plugin_api import HeadSpec, ImagingSpec, TaskPlugin, TaskSpec
 from mmclinic_tumor_risk.schema import TABULAR_SCHEMA
 
 Code = tuple[str, str, str]  # (value, scheme designator, meaning)
@@ -40,7 +40,7 @@ class TumorRiskPlugin(TaskPlugin):
     version: ClassVar[str] = "0.1.0"
 
     def spec(self) -> TaskSpec:
-        """Modalities, labels, imaging geometry (5 mm, 64×64×32, lung window) and record schema."""
+        """Modalities, labels, heads, imaging geometry (5 mm, 64×64×32, lung window) and record schema."""
         return TaskSpec(
             name=self.name,
             required_modalities=(),
@@ -49,6 +49,12 @@ class TumorRiskPlugin(TaskPlugin):
             imaging=ImagingSpec(spacing_mm=(5.0, 5.0, 5.0), size=(64, 64, 32), hu_window=(-1000.0, 400.0)),
             tabular_schema=TABULAR_SCHEMA,
             max_text_tokens=8,
+            # In this order in the bundled checkpoint's logits. A case labelled only "malignant"
+            # (a positive implies a tumor) trains the presence head on that value.
+            heads=(
+                HeadSpec("tumor_present", label="tumor_present", role="presence", fallback_label="malignant"),
+                HeadSpec("malignant", label="malignant", role="risk"),
+            ),
         )
 
     def weights_path(self) -> Path | None:
