@@ -26,8 +26,16 @@ STUDY_INSTANCE = 0x0020000D
 SERIES_INSTANCE = 0x0020000E
 MEDIA_SOP_CLASS = 0x00020002
 _TRANSFER_SYNTAX = 0x00020010
+# pydicom's keyword for each data set tag read here (MEDIA_SOP_CLASS is a file meta element).
+KEYWORDS = {
+    SOP_CLASS: "SOPClassUID",
+    SOP_INSTANCE: "SOPInstanceUID",
+    MODALITY: "Modality",
+    STUDY_INSTANCE: "StudyInstanceUID",
+    SERIES_INSTANCE: "SeriesInstanceUID",
+}
 _VR_OF = {MODALITY: b"CS"}  # the rest are UIDs
-_WANTED = frozenset({SOP_CLASS, SOP_INSTANCE, MODALITY, STUDY_INSTANCE, SERIES_INSTANCE})
+_WANTED = frozenset(KEYWORDS)
 # pydicom's stop_before_pixels stops at the first of these.
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -105,8 +113,8 @@ def _walk(
         if group == 0xFFFE:  # an item or delimiter where an element belongs
             raise _Outside
         if implicit:
-            vr = b"SQ" if _U32.unpack_from(buf, pos + 4)[0] == _UNDEFINED else b""
             length = _U32.unpack_from(buf, pos + 4)[0]
+            vr = b"SQ" if length == _UNDEFINED else b""  # no VR on the wire: undefined length means a sequence
             pos += 8
         else:
             vr = bytes(buf[pos + 4 : pos + 6])

@@ -76,14 +76,9 @@ def _read_with_pydicom(data: bytes) -> dict[int, object]:
         meta = getattr(ds, "file_meta", None)
         # Inside the try: pydicom converts a value when it is first read, and a corrupt VR or
         # length raises only then.
-        return {
-            dicomheader.STUDY_INSTANCE: getattr(ds, "StudyInstanceUID", None),
-            dicomheader.SERIES_INSTANCE: getattr(ds, "SeriesInstanceUID", None),
-            dicomheader.SOP_INSTANCE: getattr(ds, "SOPInstanceUID", None),
-            dicomheader.MODALITY: getattr(ds, "Modality", None),
-            dicomheader.SOP_CLASS: getattr(ds, "SOPClassUID", None),
-            dicomheader.MEDIA_SOP_CLASS: getattr(meta, "MediaStorageSOPClassUID", None),
-        }
+        values: dict[int, object] = {tag: getattr(ds, kw, None) for tag, kw in dicomheader.KEYWORDS.items()}
+        values[dicomheader.MEDIA_SOP_CLASS] = getattr(meta, "MediaStorageSOPClassUID", None)
+        return values
     except InvalidDicomError as exc:
         raise InputError("dicom.unreadable", "not a DICOM Part 10 file") from exc
     except Exception as exc:  # pydicom raises assorted errors on truncated or corrupt data

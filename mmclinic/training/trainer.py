@@ -167,6 +167,8 @@ class Trainer:
             late_fusion=cfg.late_fusion,
         )
         self.modalities = self.model.cfg.modalities
+        # Logit columns read by role (new_model has checked the task's heads).
+        self.risk_head, self.presence_head = self.parts.spec.head_index("risk"), self.parts.spec.head_index("presence")
         self.init_record = self._init_encoders() if cfg.init_from else []
         self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by their replay
         self.cache_stats: dict[str, int] = {}
@@ -332,7 +334,7 @@ class Trainer:
             sched.step()
             val_logits = self.predict_logits(val)
             y_val = torch.stack([e.y for e in val])
-            risk_h, presence_h = self.parts.spec.head_index("risk"), self.parts.spec.head_index("presence")
+            risk_h, presence_h = self.risk_head, self.presence_head
             val_auc = auroc(val_logits[:, risk_h].numpy(), y_val[:, risk_h].numpy())
             tumor_auc = auroc(val_logits[:, presence_h].numpy(), y_val[:, presence_h].numpy())
             score = val_auc if np.isfinite(val_auc) else -float(train_loss)
@@ -565,7 +567,7 @@ class Trainer:
         self.model.logit_offset.add_(shifts)  # type: ignore[operator]
         self.model.temperature.copy_(torch.tensor(temps))  # type: ignore[operator]
         probs = self.model.calibrated_probs(raw).numpy()
-        risk_h, presence_h = self.parts.spec.head_index("risk"), self.parts.spec.head_index("presence")
+        risk_h, presence_h = self.risk_head, self.presence_head
         risk, y_m = probs[:, risk_h], y_val[:, risk_h].numpy()
         val_detection = self._tune_detection(val)
         metrics = {
