@@ -20,6 +20,7 @@ from bench._timing import median_seconds, ratio_row
 from mmclinic.batch import ScoreOptions, score_cohort
 from mmclinic.batch.items import read_items
 from mmclinic.batch.runner import load_engine
+from mmclinic.synth import LABEL_COLUMNS
 
 N = int(os.environ.get("MMCLINIC_BENCH_BATCH_CASES", "8"))
 REPEATS = int(os.environ.get("MMCLINIC_BENCH_REPEATS", "3"))
@@ -70,7 +71,7 @@ def _runner(manifest: Path, work: Path, factory: Callable[[], Any], engine: str 
             n_boot=10,
         )
         s = score_cohort(opts, engine_factory=factory)
-        assert s.scored == len(read_items(manifest)), s.failed
+        assert s.scored == len(read_items(manifest, None, LABEL_COLUMNS)), s.failed
         return s
 
     return run
@@ -84,7 +85,7 @@ def bench() -> list[dict[str, Any]]:
         model = _model(work)
         engine = load_engine(model, "cpu", BATCH)
         small, large = _cohort(work, N), _cohort(work, 4 * N)
-        cases = [it.case for it in read_items(small)]
+        cases = [it.case for it in read_items(small, None, LABEL_COLUMNS)]
 
         # 1. Pipeline efficiency: the whole run vs its slowest stage run alone on the same cases.
         pipeline = median_seconds(_runner(small, work, lambda: engine), REPEATS)

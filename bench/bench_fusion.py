@@ -35,11 +35,11 @@ def _engine() -> InferenceEngine:
 def bench() -> list[dict[str, Any]]:
     """One row: candidate = fusion forward per case, baseline = whole pipeline per case (same cases)."""
     from mmclinic.cohort import iter_cases
-    from mmclinic.synth import SynthSettings, generate_cohort
+    from mmclinic.synth import LABEL_COLUMNS, SynthSettings, generate_cohort
 
     if not (WORK / "manifest.csv").is_file():
         generate_cohort(SynthSettings(cases=N_CASES, seed=4242), WORK)
-    cases = [c for c in iter_cases(WORK / "manifest.csv") if not isinstance(c, Exception)]
+    cases = [c for c in iter_cases(WORK / "manifest.csv", labels=LABEL_COLUMNS) if not isinstance(c, Exception)]
     engine = _engine()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -1,26 +1,31 @@
 """The cohort manifest format (CSV or Parquet) shared by train / evaluate / score / inspect, and its readers.
 
 A manifest row names one case: ``case_id, patient_id, site, study_date, dicom_dir, note_paths, note_dates,
-note_types, tumor_present, malignant`` (paths relative to the manifest's folder, several notes joined with
-";"). ``records.csv`` (or ``records.parquet``) beside the manifest holds the tabular record of each case.
-An empty modality column means that modality is absent; absent label columns mean "unlabelled".
+note_types`` (paths relative to the manifest's folder, several notes joined with ";"), plus one 0/1 column per
+label the task declares (tumor-risk: ``tumor_present, malignant``). ``records.csv`` (or ``records.parquet``)
+beside the manifest holds the tabular record of each case. An empty modality column means that modality is
+absent; an absent or empty label cell means "unlabelled"; other columns are ignored (and logged by name).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from mmclinic.case import IMAGING, NOTES, TABULAR, Case, NoteRef, StudyRef
-from mmclinic.errors import InputError
+from mmclinic.errors import ConfigError, InputError
+from mmclinic.logs import event
 
-MANIFEST_COLUMNS = (
+log = logging.getLogger(__name__)
+
+INPUT_COLUMNS = (
     "case_id",
     "patient_id",
     "site",
@@ -29,11 +34,8 @@ MANIFEST_COLUMNS = (
     "note_paths",
     "note_dates",
     "note_types",
-    "tumor_present",
-    "malignant",
 )
 REQUIRED_COLUMNS = ("case_id", "patient_id")
-LABEL_COLUMNS = ("tumor_present", "malignant")
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
 _FALSE = {"0", "0.0", "false", "no", "n", "f"}
 
@@ -182,8 +184,20 @@ def _notes(row: ManifestRow) -> list[NoteRef]:
     return notes
 
 
-def row_to_case(row: ManifestRow, records: dict[str, dict[str, Any]] | None = None) -> Case:
-    """Build a ``Case`` from one row (+ its record); ``InputError`` with a manifest.* reason on a bad row."""
+def check_label_columns(labels: Sequence[str]) -> tuple[str, ...]:
+    """The task's label names as manifest columns; ConfigError when one is empty or an input column's name."""
+    out = tuple(labels)
+    clash = sorted(set(out) & set(INPUT_COLUMNS))
+    if clash or any(not c.strip() for c in out):
+        raise ConfigError("task.bad_labels", f"label names must be non-empty and not input columns: {clash}")
+    return out
+
+
+def row_to_case(row: ManifestRow, records: dict[str, dict[str, Any]] | None = None, *, labels: Sequence[str]) -> Case:
+    """Build a ``Case`` from one row (+ its record); ``InputError`` with a manifest.* reason on a bad row.
+
+    ``labels``: the task's label names; each is read from the column of that name (0/1, empty = unknown).
+    """
     if "__error__" in row.values:
         raise InputError("manifest.bad_row", f"row {row.line}: {row.values['__error__']}")
     case_id, patient_id = row.case_id, row.get("patient_id")
@@ -203,9 +217,9 @@ def row_to_case(row: ManifestRow, records: dict[str, dict[str, Any]] | None = No
         inputs[TABULAR] = dict(records[case_id])
     if not inputs:
         raise InputError("manifest.bad_row", f"row {row.line}: case {case_id} has no input modality")
-    labels = {c: _parse_label(row.get(c), row, c) for c in LABEL_COLUMNS if row.get(c)}
+    values = {c: _parse_label(row.get(c), row, c) for c in labels if row.get(c)}
     site = row.get("site") or "default"
-    return Case(case_id=case_id, patient_id=patient_id, site=site, inputs=inputs, labels=labels)
+    return Case(case_id=case_id, patient_id=patient_id, site=site, inputs=inputs, labels=values)
 
 
 def default_records_path(manifest_path: Path) -> Path | None:
@@ -217,22 +231,32 @@ def default_records_path(manifest_path: Path) -> Path | None:
     return None
 
 
-def iter_cases(manifest_path: Path | str, records_path: Path | str | None = None) -> Iterator[Case | InputError]:
+def iter_cases(
+    manifest_path: Path | str, records_path: Path | str | None = None, *, labels: Sequence[str]
+) -> Iterator[Case | InputError]:
     """One ``Case`` or ``InputError`` per manifest row, in order: a bad row never stops the others.
 
-    A manifest or records file that is unusable as a whole raises ``InputError`` before the first row.
+    ``labels``: the task's label names (``TaskSpec.labels``), read from the columns of those names; a
+    manifest without them is unlabelled. A manifest or records file that is unusable as a whole raises
+    ``InputError`` before the first row.
     """
     manifest_path = Path(manifest_path)
+    wanted = check_label_columns(labels)
     rows = read_manifest(manifest_path)
     rec_path = Path(records_path) if records_path is not None else default_records_path(manifest_path)
     records = load_records(rec_path) if rec_path is not None else None
+    if rows:
+        # Column names only (never values): a label column the task does not know is otherwise silent.
+        ignored = sorted(set(rows[0].values) - set(INPUT_COLUMNS) - set(wanted) - {"__error__"})
+        if ignored:
+            event(log, "manifest.columns_ignored", columns=ignored, labels=list(wanted))
     seen: set[str] = set()
     for row in rows:
         try:
             if row.case_id and row.case_id in seen:
                 raise InputError("manifest.duplicate_case", f"row {row.line}: case_id {row.case_id} repeated")
             seen.add(row.case_id)
-            yield row_to_case(row, records)
+            yield row_to_case(row, records, labels=wanted)
         except InputError as exc:
             yield exc
 

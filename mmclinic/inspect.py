@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,14 +72,14 @@ def inspect_case(case: Case, registry: Registry, spec: TaskSpec) -> CaseReport:
     return report
 
 
-def cases_from_target(target: Path) -> Iterator[Case | InputError]:
-    """A manifest (CSV/Parquet) yields its cases; a folder is one imaging-only case."""
+def cases_from_target(target: Path, labels: Sequence[str]) -> Iterator[Case | InputError]:
+    """A manifest (CSV/Parquet) yields its cases (``labels``: the task's); a folder is one imaging-only case."""
     from mmclinic.cohort import iter_cases
 
     if target.is_dir():
         yield Case(case_id=target.name, patient_id="unknown", inputs={IMAGING: StudyRef(folder=target)})
     elif target.is_file():
-        yield from iter_cases(target)
+        yield from iter_cases(target, labels=labels)
     else:
         yield InputError("inspect.not_found", f"no manifest or study folder at {target.name!r}")
 

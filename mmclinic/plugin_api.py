@@ -96,6 +96,10 @@ class TaskSpec:
             raise ConfigError("task.bad_heads", f"task {self.name!r} declares {len(found)} {role!r} heads, needs one")
         return found[0]
 
+    def head(self, role: str) -> HeadSpec:
+        """The head with ``role`` (its label is the manifest column it is evaluated on)."""
+        return self.heads[self.head_index(role)]
+
     def check_heads(self) -> None:
         """ConfigError unless the heads can drive a fusion model: one per role, unique names, declared labels."""
         for role in HEAD_ROLES:

@@ -12,16 +12,17 @@ import pytest
 
 from mmclinic.case import IMAGING, NOTES, TABULAR, Case, StudyRef
 from mmclinic.cohort import (
-    MANIFEST_COLUMNS,
+    INPUT_COLUMNS,
     iter_cases,
     load_records,
     read_ground_truth,
     read_manifest,
     row_to_case,
 )
-from mmclinic.errors import InputError
+from mmclinic.errors import ConfigError, InputError
 
-HEADER = ",".join(MANIFEST_COLUMNS)
+LABELS = ("tumor_present", "malignant")  # the tumor-risk task's labels
+HEADER = ",".join(INPUT_COLUMNS + LABELS)
 
 
 @pytest.fixture()
@@ -51,7 +52,7 @@ GOOD_B = "B,P2,,2020-03-01,B/dicom,,,,,"
 
 
 def test_good_rows_become_cases(cohort: Path) -> None:
-    out = list(iter_cases(_manifest(cohort, GOOD_A, GOOD_B)))
+    out = list(iter_cases(_manifest(cohort, GOOD_A, GOOD_B), labels=LABELS))
     a, b = out
     assert isinstance(a, Case) and isinstance(b, Case)
     assert a.case_id == "A" and a.patient_id == "P1" and a.site == "site-1"
@@ -70,7 +71,7 @@ def test_good_rows_become_cases(cohort: Path) -> None:
 
 def test_without_records_file_tabular_is_absent(cohort: Path) -> None:
     (cohort / "records.csv").unlink()
-    (case,) = iter_cases(_manifest(cohort, GOOD_A))
+    (case,) = iter_cases(_manifest(cohort, GOOD_A), labels=LABELS)
     assert isinstance(case, Case) and TABULAR not in case.inputs
 
 
@@ -92,7 +93,7 @@ def test_without_records_file_tabular_is_absent(cohort: Path) -> None:
 )
 def test_bad_row_is_one_input_error_and_others_still_load(cohort: Path, row: str, reason: str) -> None:
     (cohort / "records.csv").write_text("case_id,age\nZ,1\n")  # no record for A: tabular absent
-    out = list(iter_cases(_manifest(cohort, GOOD_B, row, GOOD_B.replace("B,P2", "B2,P2"))))
+    out = list(iter_cases(_manifest(cohort, GOOD_B, row, GOOD_B.replace("B,P2", "B2,P2")), labels=LABELS))
     assert len(out) == 3
     assert isinstance(out[0], Case) and isinstance(out[2], Case)
     assert isinstance(out[1], InputError) and out[1].reason == reason, out[1]
@@ -100,7 +101,7 @@ def test_bad_row_is_one_input_error_and_others_still_load(cohort: Path, row: str
 
 
 def test_duplicate_case_id_is_reported_once(cohort: Path) -> None:
-    out = list(iter_cases(_manifest(cohort, GOOD_A, GOOD_A)))
+    out = list(iter_cases(_manifest(cohort, GOOD_A, GOOD_A), labels=LABELS))
     assert isinstance(out[0], Case)
     assert isinstance(out[1], InputError) and out[1].reason == "manifest.duplicate_case"
 
@@ -126,7 +127,7 @@ def test_unusable_manifest_files(tmp_path: Path, name: str, content: bytes | Non
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(InputError) as err:
-        list(iter_cases(path))
+        list(iter_cases(path, labels=LABELS))
     assert err.value.reason == reason
 
 
@@ -144,7 +145,7 @@ def test_parquet_manifest_and_records(cohort: Path) -> None:
     pq.write_table(table, cohort / "manifest.parquet")
     (cohort / "records.csv").unlink()
     pq.write_table(pa.table({"case_id": ["A"], "age": [64], "cea": [None]}), cohort / "records.parquet")
-    a, b = iter_cases(cohort / "manifest.parquet")
+    a, b = iter_cases(cohort / "manifest.parquet", labels=LABELS)
     assert isinstance(a, Case) and isinstance(b, Case)
     assert a.labels == {"tumor_present": 1.0, "malignant": 1.0} and b.labels == {"tumor_present": 0.0}
     assert a.inputs[TABULAR] == {"age": 64, "cea": None} and TABULAR not in b.inputs
@@ -167,9 +168,41 @@ def test_bad_records_file(tmp_path: Path, text: str, reason: str) -> None:
     assert err.value.reason == reason
 
 
+def test_labels_are_the_tasks_columns(cohort: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another task reads its own label column; columns it does not know are ignored and named in the log."""
+    header = ",".join(INPUT_COLUMNS) + ",relapse,malignant,tumor_present"
+    path = _manifest(cohort, "B,P2,,,B/dicom,,,,1,1,0", "A,P1,,,A/dicom,,,,,1,", header=header)
+    with caplog.at_level("INFO", logger="mmclinic.cohort"):
+        b, a = iter_cases(path, labels=("relapse",))
+    assert isinstance(a, Case) and isinstance(b, Case)
+    assert b.labels == {"relapse": 1.0} and a.labels == {}
+    (rec,) = [r for r in caplog.records if getattr(r, "event", "") == "manifest.columns_ignored"]
+    assert rec.columns == ["malignant", "tumor_present"] and rec.labels == ["relapse"]
+    # The same file read for tumor-risk: the relapse column is the ignored one.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mmclinic.cohort"):
+        b, a = iter_cases(path, labels=LABELS)
+    assert isinstance(a, Case) and isinstance(b, Case)
+    assert b.labels == {"tumor_present": 0.0, "malignant": 1.0} and a.labels == {"malignant": 1.0}
+    assert [r.columns for r in caplog.records if getattr(r, "event", "") == "manifest.columns_ignored"] == [["relapse"]]
+    # A bad cell in a task's label column is that row's error; in an ignored column it is not read.
+    path = _manifest(cohort, "B,P2,,,B/dicom,,,,maybe,1,0", header=header)
+    (got,) = iter_cases(path, labels=("relapse",))
+    assert isinstance(got, InputError) and got.reason == "manifest.bad_row" and "relapse" in got.detail
+    (got,) = iter_cases(path, labels=LABELS)
+    assert isinstance(got, Case)
+
+
+@pytest.mark.parametrize("labels", [("dicom_dir",), ("malignant", "case_id"), ("",)])
+def test_a_label_named_like_an_input_column_is_refused(cohort: Path, labels: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError) as err:
+        list(iter_cases(_manifest(cohort, GOOD_B), labels=labels))
+    assert err.value.reason == "task.bad_labels"
+
+
 def test_row_to_case_is_usable_directly(cohort: Path) -> None:
     (row,) = read_manifest(_manifest(cohort, GOOD_B))
-    case = row_to_case(row, None)
+    case = row_to_case(row, None, labels=LABELS)
     assert set(case.inputs) == {IMAGING}
 
 

@@ -58,12 +58,12 @@ class Outcome:
     skipped: bool = False
 
 
-def read_items(manifest: Path, records: Path | None = None) -> list[WorkItem]:
-    """Every manifest row as a work item; InputError only when the manifest as a whole is unusable."""
+def read_items(manifest: Path, records: Path | None, labels: Sequence[str]) -> list[WorkItem]:
+    """Every manifest row as a work item (``labels``: the task's); InputError only for an unusable manifest."""
     from mmclinic.cohort import iter_cases
 
     items = []
-    for i, got in enumerate(iter_cases(manifest, records)):
+    for i, got in enumerate(iter_cases(manifest, records, labels=labels)):
         if isinstance(got, InputError):
             items.append(WorkItem(i, i + 1, None, got))
         else:

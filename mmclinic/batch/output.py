@@ -15,7 +15,6 @@ from mmclinic.durable import fsync_path
 from mmclinic.errors import InputError
 
 FORMATS = (".parquet", ".csv")
-LABELS = ("tumor_present", "malignant")
 
 # Column order of the result table; JSON columns hold nested values as compact JSON text.
 RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -87,9 +86,8 @@ def result_row(row: int, input_fp: str, pred: dict[str, Any], labels: dict[str, 
         "device": prov["device"],
         "timings_ms": _json(prov["timings_ms"]),
     }
-    for label in LABELS:
-        if label in labels:
-            out[label] = float(labels[label])
+    for label, value in labels.items():  # the case's labels: only the task's were read from the manifest
+        out[label] = float(value)
     return out
 
 
@@ -98,10 +96,15 @@ def failure_row(f: Failure) -> dict[str, Any]:
     return {"case_id": f.key.case_id, "row": f.row, "reason": f.reason, "detail": f.detail, "retryable": not f.final}
 
 
-def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
-    """Write rows to Parquet or CSV through a temporary file + rename: readers never see a half table."""
+def write_table(
+    path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], labels: Sequence[str] = ()
+) -> None:
+    """Write rows to Parquet or CSV through a temporary file + rename: readers never see a half table.
+
+    ``labels``: the task's label names, appended as float columns (in that order) when some row has one.
+    """
     cols = list(columns)
-    for label in LABELS:  # label columns only when some row carries them
+    for label in labels:
         if any(label in r for r in rows):
             cols.append((label, "float"))
     path.parent.mkdir(parents=True, exist_ok=True)

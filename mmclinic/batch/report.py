@@ -20,23 +20,28 @@ def cohort_report(
     model: str,
     preds: Sequence[dict[str, Any]],
     labels: Mapping[str, Mapping[str, float]],
+    risk_label: str,
+    presence_label: str,
     rejected: Mapping[str, str],
     threshold: float = 0.5,
     n_boot: int = 1000,
     seed: int = 0,
     voxel_mm: float = 5.0,
 ) -> dict[str, Any] | None:
-    """The report dict, or ``None`` when fewer than two scored cases carry a malignancy label."""
+    """The report dict, or ``None`` when fewer than two scored cases carry the risk head's label.
+
+    ``risk_label`` / ``presence_label``: the labels the task's risk and presence heads are scored on.
+    """
     from mmclinic.training.metrics import evaluate_predictions
 
-    labelled = [p for p in preds if "malignant" in labels.get(p["case_id"], {})]
+    labelled = [p for p in preds if risk_label in labels.get(p["case_id"], {})]
     if len(labelled) < 2:
         event(log, "batch.report_skipped", labelled=len(labelled))
         return None
-    y = {p["case_id"]: float(labels[p["case_id"]]["malignant"]) for p in labelled}
+    y = {p["case_id"]: float(labels[p["case_id"]][risk_label]) for p in labelled}
     tumor = None
-    if all("tumor_present" in labels[p["case_id"]] for p in labelled):
-        tumor = {p["case_id"]: float(labels[p["case_id"]]["tumor_present"]) for p in labelled}
+    if all(presence_label in labels[p["case_id"]] for p in labelled):
+        tumor = {p["case_id"]: float(labels[p["case_id"]][presence_label]) for p in labelled}
     fused = evaluate_predictions(labelled, y, threshold=threshold, tumor_labels=tumor, n_boot=n_boot, seed=seed)
     if tumor is not None:
         fused["tumor_auroc"] = fused["tumor"]["auroc"]

@@ -95,16 +95,30 @@ def load_engine(model: str, device: str, batch_size: int) -> ScoringEngine:
     return InferenceEngine.load(model, device=device, batch_size=batch_size)
 
 
-def _model_facts(model: str) -> tuple[str, dict[str, Any]]:
-    """Weights SHA-256 and checkpoint meta without building the model (the Ray driver does no inference)."""
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the driver knows of a model without building it (the Ray driver does no inference)."""
+
+    weights_sha256: str
+    meta: dict[str, Any]
+    labels: tuple[str, ...]  # the task's label names: the manifest columns read and written back
+    risk_label: str  # the label the risk head is scored on in the metrics report
+    presence_label: str
+
+
+def _model_facts(model: str) -> ModelFacts:
+    """Weights SHA-256, checkpoint meta and the labels of the installed task the checkpoint names."""
     from mmclinic.case import sha256_file
     from mmclinic.engine.checkpoint import read_checkpoint
-    from mmclinic.engine.engine import resolve_model_path
+    from mmclinic.engine.engine import model_task, resolve_model_path
     from mmclinic.registry import get_registry
 
-    path = resolve_model_path(model, get_registry())
+    registry = get_registry()
+    path = resolve_model_path(model, registry)
     meta = read_checkpoint(path)["meta"]
-    return sha256_file(path), meta
+    spec = model_task(meta, registry).spec()
+    risk, presence = spec.head("risk").label, spec.head("presence").label
+    return ModelFacts(sha256_file(path), meta, spec.labels, risk, presence)
 
 
 def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine] | None = None) -> ScoreSummary:
@@ -117,7 +131,8 @@ def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine]
         raise ConfigError("config.bad_batch", "--batch-size and --workers must be at least 1")
     if opts.engine not in ("local", "ray"):
         raise ConfigError("config.bad_engine", f"engine must be local or ray, got {opts.engine!r}")
-    items = read_items(opts.manifest, opts.records)
+    facts = _model_facts(opts.model)
+    items = read_items(opts.manifest, opts.records, facts.labels)
     factory = engine_factory or functools.partial(load_engine, opts.model, opts.device, opts.batch_size)
     t0 = time.perf_counter()
     counts = Counts(total=len(items))
@@ -146,10 +161,8 @@ def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine]
             else:
                 from mmclinic.batch.ray_engine import run_ray
 
-                if engine_factory is None:
-                    weights, meta = _model_facts(opts.model)
-                else:
-                    weights = engine_factory().weights_sha256
+                meta = facts.meta
+                weights = facts.weights_sha256 if engine_factory is None else engine_factory().weights_sha256
                 keys = run_ray(
                     factory,
                     weights,
@@ -161,7 +174,7 @@ def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine]
                     address=opts.ray_address,
                     on_batch=bar.update,
                 )
-        summary = _write_outputs(opts, items, keys, journal, counts, meta, time.perf_counter() - t0)
+        summary = _write_outputs(opts, items, keys, journal, counts, facts, meta, time.perf_counter() - t0)
     event(
         log,
         "batch.done",
@@ -180,6 +193,7 @@ def _write_outputs(
     keys: dict[int, Key],
     journal: Journal,
     counts: Counts,
+    facts: ModelFacts,
     meta: dict[str, Any],
     seconds: float,
 ) -> ScoreSummary:
@@ -207,7 +221,7 @@ def _write_outputs(
         rejected[key.case_id] = failure.reason
         failed_by_reason[failure.reason] = failed_by_reason.get(failure.reason, 0) + 1
         retryable += not failure.final
-    write_table(opts.out, rows, RESULT_COLUMNS)
+    write_table(opts.out, rows, RESULT_COLUMNS, facts.labels)
     failures_out = sidecar(opts.out, "failures")
     write_table(failures_out, fail_rows, FAILURE_COLUMNS)
     reports: tuple[Path, ...] = ()
@@ -219,6 +233,8 @@ def _write_outputs(
         model=opts.model,
         preds=preds,
         labels=labels,
+        risk_label=facts.risk_label,
+        presence_label=facts.presence_label,
         rejected=rejected,
         threshold=threshold,
         n_boot=opts.n_boot,

@@ -30,7 +30,7 @@ def inspect_cmd(
 
     registry = get_registry()
     spec = task_spec(registry, task)
-    reports = inspect_all(cases_from_target(target), registry, spec)
+    reports = inspect_all(cases_from_target(target, spec.labels), registry, spec)
     console = Console(width=160, soft_wrap=True)
     for rep in reports:
         if as_json:

@@ -107,6 +107,16 @@ def resolve_model_path(model: str | Path, registry: Registry) -> Path:
     return weights
 
 
+def model_task(meta: dict[str, Any], registry: Registry) -> TaskPlugin:
+    """The installed task plugin a checkpoint's meta names; ModelError when it is not installed."""
+    try:
+        task = registry.get("task", meta["task"]["name"])
+    except PluginError as exc:
+        raise ModelError("model.task_missing", f"task plugin {meta['task']['name']!r} is not installed") from exc
+    assert isinstance(task, TaskPlugin)
+    return task
+
+
 class InferenceEngine:
     """One loaded model. Thread-compatible for ``prepare``; ``predict*`` runs the model in batches."""
 
@@ -164,11 +174,7 @@ class InferenceEngine:
     ) -> InferenceEngine:
         """Build from an in-memory checkpoint (``{"meta", "state_dict"}``)."""
         meta = payload["meta"]
-        try:
-            task = registry.get("task", meta["task"]["name"])
-        except PluginError as exc:
-            raise ModelError("model.task_missing", f"task plugin {meta['task']['name']!r} is not installed") from exc
-        assert isinstance(task, TaskPlugin)
+        task = model_task(meta, registry)
         spec = task.spec()
         plugins = resolve_plugins(registry, list(meta["plugins"]))
         check_compatible(meta, spec, plugins, task.version)

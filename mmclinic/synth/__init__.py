@@ -1,10 +1,10 @@
 """Synthetic multimodal cohort generator: CT DICOM + clinical notes + tabular records + ground truth."""
 
-from mmclinic.cohort import MANIFEST_COLUMNS
 from mmclinic.synth.plan import CasePlan, CohortPlan, SynthSettings, sample_cohort
-from mmclinic.synth.writer import RECORD_COLUMNS, SynthResult, generate_cohort
+from mmclinic.synth.writer import LABEL_COLUMNS, MANIFEST_COLUMNS, RECORD_COLUMNS, SynthResult, generate_cohort
 
 __all__ = [
+    "LABEL_COLUMNS",
     "MANIFEST_COLUMNS",
     "RECORD_COLUMNS",
     "CasePlan",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmclinic import __version__
-from mmclinic.cohort import MANIFEST_COLUMNS  # the one manifest format, written here, read there
+from mmclinic.cohort import INPUT_COLUMNS  # the one manifest format, written here, read there
 from mmclinic.errors import InputError
 from mmclinic.logs import event
 from mmclinic.synth import model as M
@@ -52,6 +52,10 @@ RECORD_COLUMNS = (
     "wbc_unit",
 )
 UNITS = {"cea": "ng/mL", "crp": "mg/L", "hemoglobin": "g/dL", "wbc": "10^9/L"}
+
+# The generated cohort is labelled for the tumor-risk task: its two labels follow the input columns.
+LABEL_COLUMNS = ("tumor_present", "malignant")
+MANIFEST_COLUMNS = INPUT_COLUMNS + LABEL_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def warm_cache(
     parts = task_parts(registry or get_registry(), task)
     engine = InferenceEngine(new_model(parts), {}, parts.task, parts.plugins, resolve_device("cpu"), "")
     cache = CaseCache(cache_dir, engine)
-    cohort = load_cohort(manifest) if isinstance(manifest, Path) else manifest
+    cohort = load_cohort(manifest, parts.spec.labels) if isinstance(manifest, Path) else manifest
     bad = 0
     with progress_bar("caching inputs", len(cohort.cases), enabled=progress) as advance:
         for case in cohort.cases:

@@ -32,8 +32,8 @@ class Cohort:
     ground_truth: dict[str, Any] = field(default_factory=dict)  # the whole ground_truth.json (oracles etc.)
 
 
-def load_cohort(manifest: Path) -> Cohort:
-    """Cases via ``mmclinic.cohort.iter_cases`` plus ``ground_truth.json`` next to the manifest, if any."""
+def load_cohort(manifest: Path, labels: Sequence[str]) -> Cohort:
+    """Cases via ``mmclinic.cohort.iter_cases`` (``labels``: the task's) plus ``ground_truth.json``, if any."""
     import importlib
 
     # The manifest reader belongs to the cohort module (imported late: it is optional for inference).
@@ -43,7 +43,7 @@ def load_cohort(manifest: Path) -> Cohort:
         raise InputError("manifest.not_found", str(manifest))
     cases: list[Case] = []
     rejected: dict[str, str] = {}
-    for i, item in enumerate(cohort_mod.iter_cases(manifest)):
+    for i, item in enumerate(cohort_mod.iter_cases(manifest, labels=labels)):
         if isinstance(item, MmclinicError):
             rejected[f"row{i}"] = item.reason
         else:

@@ -50,13 +50,14 @@ class Scored:
 def score_model(
     engine: InferenceEngine, cohort: Cohort, cache: CaseCache, name: str, progress: bool = True, batch: int = 32
 ) -> tuple[Scored, dict[str, str]]:
-    """Calibrated risk, tumor probability, per-modality ablations and findings for every labelled case."""
+    """Calibrated risk, tumor probability, per-modality ablations and findings for every case labelled for risk."""
     rejected: dict[str, str] = {}
     ok: list[tuple[str, dict[str, CachedInput]]] = []
+    risk_label = engine.spec.head("risk").label
     with progress_bar(f"preparing ({name})", len(cohort.cases), enabled=progress) as advance:
         for case in cohort.cases:
             advance()
-            if "malignant" not in case.labels:
+            if risk_label not in case.labels:
                 rejected[case.case_id] = "labels.missing"
                 continue
             got = safe_get(cache, case)
@@ -124,15 +125,17 @@ def evaluate(
     from mmclinic.training.report import write_report
 
     reg = registry or get_registry()
-    cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+    engine = InferenceEngine.load(model, device=device, registry=reg)
+    cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest, engine.spec.labels)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = cache_dir or out / "cache"
-    engine = InferenceEngine.load(model, device=device, registry=reg)
     main, rejected = score_model(engine, cohort, CaseCache(cache_root, engine), "fused", progress)
     if len(main.case_ids) < 2:
         raise InputError("evaluate.too_few_cases", f"{len(main.case_ids)} evaluable cases")
-    labels = {c.case_id: float(c.labels["malignant"]) for c in cohort.cases if "malignant" in c.labels}
-    tumor_labels = {c.case_id: float(c.labels.get("tumor_present", np.nan)) for c in cohort.cases}
+    # Each head is scored on its own label (the presence head's fallback is a training aid, not a truth).
+    risk_label, presence_label = engine.spec.head("risk").label, engine.spec.head("presence").label
+    labels = {c.case_id: float(c.labels[risk_label]) for c in cohort.cases if risk_label in c.labels}
+    tumor_labels = {c.case_id: float(c.labels.get(presence_label, np.nan)) for c in cohort.cases}
     y = np.array([labels[c] for c in main.case_ids])
     yt = np.array([tumor_labels.get(c, np.nan) for c in main.case_ids])
     report: dict[str, Any] = {

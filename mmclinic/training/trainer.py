@@ -285,7 +285,7 @@ class Trainer:
         """Cache, split, train with early stopping, calibrate on validation, write ``model.pt``."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest)
+        cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest, self.parts.spec.labels)
         cache = CaseCache(cache_dir or self.out / "cache", self.prep_engine)
         examples, rejected = build_examples(cohort, cache, self.parts, self.progress)
         self.cache_stats = {"hits": cache.hits, "misses": cache.misses}

@@ -12,6 +12,7 @@ from mmclinic.batch.items import WorkItem, chunks, input_fingerprint, prepare_it
 from mmclinic.batch.journal import Failure, Journal, Key, journal_path
 from mmclinic.case import IMAGING, NOTES, TABULAR, Case, NoteRef, StudyRef
 from mmclinic.errors import InputError
+from mmclinic.synth import LABEL_COLUMNS as LABELS
 
 W = "a" * 64
 
@@ -99,7 +100,7 @@ def test_batches_are_cut_on_manifest_position() -> None:
 
 def test_prepare_skips_done_and_classifies_failures(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, ["10", "bad", "crash", "20"], extra_rows=[{"case_id": "", "patient_id": "p"}])
-    items = read_items(manifest)
+    items = read_items(manifest, None, LABELS)
     assert len(items) == 5 and items[4].case is None
     eng = FakeEngine()
     first = prepare_item(eng, items[0], W, frozenset())
@@ -113,7 +114,7 @@ def test_prepare_skips_done_and_classifies_failures(tmp_path: Path) -> None:
 
 
 def test_a_case_that_breaks_its_batch_fails_alone(tmp_path: Path) -> None:
-    items = read_items(write_manifest(tmp_path, ["10", "boom", "30"]))
+    items = read_items(write_manifest(tmp_path, ["10", "boom", "30"]), None, LABELS)
     eng = FakeEngine()
     outcomes = [prepare_item(eng, it, W, frozenset()) for it in items]
     results, failures = score_outcomes(eng, outcomes)

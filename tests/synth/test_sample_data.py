@@ -8,13 +8,13 @@ from synth_helpers import all_files
 
 from mmclinic.case import Case
 from mmclinic.cohort import iter_cases, read_ground_truth
-from mmclinic.synth import SynthSettings, generate_cohort
+from mmclinic.synth import LABEL_COLUMNS, SynthSettings, generate_cohort
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "cohort"
 
 
 def test_sample_cohort_loads() -> None:
-    cases = list(iter_cases(SAMPLE / "manifest.csv"))
+    cases = list(iter_cases(SAMPLE / "manifest.csv", labels=LABEL_COLUMNS))
     assert len(cases) == 24 and all(isinstance(c, Case) for c in cases)
     truth = read_ground_truth(SAMPLE / "ground_truth.json")
     assert truth.seed == 2024 and set(truth.cases) == {c.case_id for c in cases}  # type: ignore[union-attr]

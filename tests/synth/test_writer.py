@@ -14,7 +14,7 @@ import pytest
 from synth_helpers import SMALL, all_files
 
 from mmclinic.cohort import iter_cases, read_ground_truth
-from mmclinic.synth import MANIFEST_COLUMNS, RECORD_COLUMNS, SynthResult, generate_cohort
+from mmclinic.synth import LABEL_COLUMNS, MANIFEST_COLUMNS, RECORD_COLUMNS, SynthResult, generate_cohort
 from mmclinic.synth.anatomy import render_ct
 from mmclinic.synth.dicom import SeriesInfo, build_slices, encode_series
 from mmclinic.synth.notes import _PHRASES
@@ -126,7 +126,7 @@ def test_manifest_records_and_ground_truth(small_cohort: SynthResult) -> None:
         assert row["malignant"] == ("1" if gt["malignant"] else "0")
         assert 0.0 <= gt["p_malignant"] <= 1.0
         assert len(row["note_paths"].split(";")) == len(row["note_dates"].split(";"))
-    cases = list(iter_cases(out / "manifest.csv"))
+    cases = list(iter_cases(out / "manifest.csv", labels=LABEL_COLUMNS))
     assert all(not isinstance(c, Exception) for c in cases)
     assert all({"imaging", "notes", "tabular"} <= set(c.inputs) for c in cases)  # type: ignore[union-attr]
 

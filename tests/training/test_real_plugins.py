@@ -14,6 +14,7 @@ from mmclinic.case import IMAGING
 from mmclinic.engine import InferenceEngine
 from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.registry import get_registry
+from mmclinic.synth import LABEL_COLUMNS
 from mmclinic.training.data import lesion_target, load_cohort
 from mmclinic.training.trainer import TrainConfig, train
 
@@ -46,7 +47,7 @@ def test_ground_truth_lesions_map_into_the_model_grid(cohort_dir: Path) -> None:
     engine = InferenceEngine(
         new_model(parts, d_model=16, n_heads=2, n_layers=1), {}, parts.task, parts.plugins, torch.device("cpu"), ""
     )
-    cohort = load_cohort(cohort_dir / "manifest.csv")
+    cohort = load_cohort(cohort_dir / "manifest.csv", LABEL_COLUMNS)
     checked = 0
     for case in cohort.cases:
         for les in cohort.lesions.get(case.case_id, []):
@@ -68,7 +69,7 @@ def test_train_evaluate_predict_with_real_plugins(run_dir: Path, cohort_dir: Pat
     assert summary["cache"]["misses"] > 0
     engine = InferenceEngine.load(run_dir, device="cpu")
     assert set(engine.modalities) == {"imaging", "notes", "tabular"}
-    cohort = load_cohort(cohort_dir / "manifest.csv")
+    cohort = load_cohort(cohort_dir / "manifest.csv", LABEL_COLUMNS)
     preds = engine.predict(cohort.cases[:2])
     prov = preds[0].provenance
     assert set(prov.plugin_versions) == {"ct-dicom", "clinical-notes", "tabular-records"}
