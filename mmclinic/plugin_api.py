@@ -175,6 +175,11 @@ class ModalityPlugin(PluginBase):
         It may define ``precompute(batch) -> batch``: the frozen, deterministic part of the
         encoder (e.g. a frozen transformer) whose output the trainer may cache per case;
         ``forward`` must accept the precomputed batch. Without it the trainer assumes identity.
+
+        An encoder whose extras carry a lesion map may define ``isolate(batch, suppress) ->
+        EncoderOutput``: for a batch of one case and bool ``suppress`` ``[F, 1, *grid]``, the case's
+        outputs ``F`` times, row ``f`` as if the voxels ``suppress[f]`` held no lesion. The engine uses
+        it to give each finding the risk of the case with that finding alone.
         """
 
 

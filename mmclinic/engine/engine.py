@@ -26,9 +26,15 @@ from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import InputError, MmclinicError, ModelError, PluginError
 from mmclinic.logs import event
 from mmclinic.model.batching import concat_batches, detach_cpu, to_device
-from mmclinic.model.detection import DetectionConfig, find_lesions, finding_risks
+from mmclinic.model.detection import (
+    DetectionConfig,
+    VoxelFinding,
+    find_lesion_regions,
+    finding_risks,
+    isolation_masks,
+)
 from mmclinic.model.fusion import LESION_KEY, Batch, FusionConfig, FusionModel
-from mmclinic.plugin_api import ModalityInput, ModalityPlugin, TaskPlugin, TaskSpec
+from mmclinic.plugin_api import EncoderOutput, ModalityInput, ModalityPlugin, TaskPlugin, TaskSpec
 from mmclinic.registry import Registry, get_registry
 
 log = logging.getLogger(__name__)
@@ -317,14 +323,61 @@ class InferenceEngine:
         return out
 
     # -- predictions ------------------------------------------------------------------------------
+    def isolated_risks(self, batch: Batch, modality: str, regions: np.ndarray[Any, Any], n: int) -> list[float] | None:
+        """Calibrated risk of one case with each of its ``n`` findings as its only lesion; None if unsupported.
+
+        ``batch``: the case's precomputed batch; ``regions``: ``find_lesion_regions``'s voxel labels. The
+        ``modality`` encoder's ``isolate`` re-reads the other findings' voxels as background; the other
+        modalities' outputs are the case's own, so each risk is the same kind of number as the case risk.
+        """
+        isolate = getattr(self.model.encoders[modality], "isolate", None)
+        if not callable(isolate):
+            return None
+        model = self.model
+        with torch.inference_mode(), autocast(self.device):
+            b = to_device(batch, self.device)
+            suppress = torch.from_numpy(isolation_masks(regions, n))[:, None].to(self.device)
+            others = model.encode({m: v for m, v in b.items() if m != modality})
+            encoded = {
+                m: EncoderOutput(eo.tokens.expand(n, -1, -1), eo.pad_mask.expand(n, -1)) for m, eo in others.items()
+            }
+            eo = isolate(b[modality], suppress)
+            encoded[modality] = EncoderOutput(eo.tokens, eo.pad_mask)
+            probs = model.calibrated_probs(model.fuse(encoded).float())
+        return [float(v) for v in probs[:, self.risk_head].cpu()]
+
+    def risks_of(
+        self,
+        found: Sequence[VoxelFinding],
+        regions: np.ndarray[Any, Any],
+        case_risk: float,
+        modality: str,
+        batch: Batch | None,
+    ) -> list[float]:
+        """Each finding's malignancy risk (see ``findings``)."""
+        if len(found) == 1:
+            return [case_risk]  # the only lesion: isolating it changes nothing
+        got = self.isolated_risks(batch, modality, regions, len(found)) if found and batch is not None else None
+        return got if got is not None else finding_risks(case_risk, [f.confidence for f in found])
+
     def findings(
-        self, item: PreparedCase, lesion_prob: np.ndarray[Any, Any], case_risk: float, modality: str
+        self,
+        item: PreparedCase,
+        lesion_prob: np.ndarray[Any, Any],
+        case_risk: float,
+        modality: str,
+        batch: Batch | None = None,
     ) -> tuple[Finding, ...]:
-        """Findings of one case from its lesion map, centres mapped to patient LPS mm."""
+        """Findings of one case from its lesion map, centres mapped to patient LPS mm, each with its risk.
+
+        A finding's malignancy risk is the case's risk were it the case's only lesion (``isolated_risks``;
+        with one finding, the case risk itself). Without ``batch`` or an encoder that can isolate, the
+        case risk is shared by detection confidence (``finding_risks``).
+        """
         if modality not in item.inputs:
             return ()
-        found = find_lesions(lesion_prob, self.spec.imaging.spacing_mm, self.detection)
-        risks = finding_risks(case_risk, [f.confidence for f in found])
+        found, regions = find_lesion_regions(lesion_prob, self.spec.imaging.spacing_mm, self.detection)
+        risks = self.risks_of(found, regions, case_risk, modality, batch)
         m = modality
         meta = item.inputs[m].meta
         out = []
@@ -364,7 +417,7 @@ class InferenceEngine:
             risk = float(res.malignancy_risk[r])
             finds: tuple[Finding, ...] = ()
             if res.lesion_prob is not None and res.lesion_modality is not None:
-                finds = self.findings(item, res.lesion_prob[r], risk, res.lesion_modality)
+                finds = self.findings(item, res.lesion_prob[r], risk, res.lesion_modality, batches[r])
             timings = dict(item.timings_ms)
             timings["precompute"] = t_pre
             timings.update({k: v / n for k, v in res.timings_ms.items()})

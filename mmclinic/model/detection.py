@@ -31,7 +31,17 @@ class VoxelFinding:
 def find_lesions(
     prob: NDArray[np.floating], spacing_mm: tuple[float, float, float], cfg: DetectionConfig
 ) -> list[VoxelFinding]:
-    """Candidates in a 3-D probability map ``[X, Y, Z]``, most confident first.
+    """Candidates in a 3-D probability map ``[X, Y, Z]``, most confident first (see ``find_lesion_regions``)."""
+    return find_lesion_regions(prob, spacing_mm, cfg)[0]
+
+
+def find_lesion_regions(
+    prob: NDArray[np.floating], spacing_mm: tuple[float, float, float], cfg: DetectionConfig
+) -> tuple[list[VoxelFinding], NDArray[np.int32]]:
+    """Candidates in a 3-D probability map ``[X, Y, Z]``, most confident first, and their voxels.
+
+    The second value labels each voxel with ``k + 1`` when it belongs to the ``k``-th candidate returned
+    (0 elsewhere, also for components dropped by ``min_confidence`` or ``max_findings``).
 
     The centre is the probability-weighted centroid (sub-voxel: at 5 mm spacing a whole-voxel
     centre would be off by up to 2.5 mm per axis). The diameter is that of the sphere whose volume
@@ -42,35 +52,53 @@ def find_lesions(
         raise ValueError(f"lesion map must be 3-D, got shape {prob.shape}")
     p = np.nan_to_num(prob.astype(np.float64), nan=0.0)
     labels, n = ndimage.label(p >= cfg.threshold, structure=np.ones((3, 3, 3), dtype=bool))
+    regions = np.zeros(p.shape, dtype=np.int32)
     if n == 0:
-        return []
+        return [], regions
     idx = np.arange(1, n + 1)
     peaks = np.asarray(ndimage.maximum(p, labels, idx), dtype=np.float64)
     sums = np.asarray(ndimage.sum(p, labels, idx), dtype=np.float64)
     counts = np.asarray(ndimage.sum(np.ones_like(p), labels, idx), dtype=np.float64)
     centres = ndimage.center_of_mass(p, labels, idx)
     voxel_mm3 = float(np.prod(spacing_mm))
-    out: list[VoxelFinding] = []
+    found: list[tuple[VoxelFinding, int]] = []
     for k in range(n):
         if peaks[k] < cfg.min_confidence:
             continue
         volume = sums[k] * voxel_mm3
         diameter = float((6.0 * volume / np.pi) ** (1.0 / 3.0))
         c = centres[k]
-        out.append(
-            VoxelFinding(
-                center_voxel=(float(c[0]), float(c[1]), float(c[2])),
-                diameter_mm=diameter,
-                confidence=float(peaks[k]),
-                n_voxels=int(counts[k]),
-            )
+        finding = VoxelFinding(
+            center_voxel=(float(c[0]), float(c[1]), float(c[2])),
+            diameter_mm=diameter,
+            confidence=float(peaks[k]),
+            n_voxels=int(counts[k]),
         )
-    out.sort(key=lambda f: -f.confidence)
-    return out[: cfg.max_findings]
+        found.append((finding, k + 1))
+    found.sort(key=lambda f: -f[0].confidence)  # stable: equal peaks keep their label order
+    kept = found[: cfg.max_findings]
+    for rank, (_, label) in enumerate(kept, 1):
+        regions[labels == label] = rank
+    return [f for f, _ in kept], regions
+
+
+def isolation_masks(regions: NDArray[np.int32], n_findings: int) -> NDArray[np.bool_]:
+    """``[n_findings, X, Y, Z]``: for finding ``k``, the other findings' voxels (grown by one voxel).
+
+    What an encoder reads as background to describe finding ``k`` alone. The one-voxel margin takes in
+    the sub-threshold rim of each other finding, which still carries lesion logit; finding ``k``'s own
+    voxels are never suppressed.
+    """
+    grow = np.ones((3, 3, 3), dtype=bool)
+    out = np.zeros((n_findings, *regions.shape), dtype=bool)
+    for k in range(n_findings):
+        others = (regions > 0) & (regions != k + 1)
+        out[k] = ndimage.binary_dilation(others, structure=grow) & (regions != k + 1)
+    return out
 
 
 def finding_risks(case_risk: float, confidences: list[float]) -> list[float]:
-    """Per-finding malignancy risk: the calibrated case risk shared by detection confidence.
+    """Per-finding malignancy risk by rule, for an imaging encoder that cannot ``isolate`` a finding.
 
     The most confident finding carries the full case risk; weaker candidates are scaled by their
     confidence relative to it (a likely false positive should not inherit the full case risk).

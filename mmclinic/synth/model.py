@@ -186,9 +186,14 @@ def sample_latents(z: F, rng: np.random.Generator, prm: ModelParams) -> Latents:
 # ------------------------------------------------------------------------------------------------ terms
 
 
+def lesion_score(diameter: F, spiculated: B, part_solid: B, prm: ModelParams) -> F:
+    """One lesion's share of the malignancy logit: larger, spiculated and part-solid lesions score higher."""
+    return prm.w_size * (diameter - 12.0) / 8.0 + prm.w_spic * spiculated + prm.w_ps * part_solid  # type: ignore[no-any-return]
+
+
 def image_term(n_lesions: I, diameter: F, spiculated: B, part_solid: B, prm: ModelParams) -> F:
     """The most suspicious lesion decides; no lesion gives a strongly negative term."""
-    score = prm.w_size * (diameter - 12.0) / 8.0 + prm.w_spic * spiculated + prm.w_ps * part_solid
+    score = lesion_score(diameter, spiculated, part_solid, prm)
     valid = np.arange(diameter.shape[-1]) < n_lesions[..., None]
     best = np.where(valid, score, -np.inf).max(axis=-1)
     return np.where(n_lesions > 0, best, prm.no_tumor_term)

@@ -73,6 +73,43 @@ def lesions_from_ground_truth(gt: dict[str, Any]) -> dict[str, list[GtLesion]]:
     return out
 
 
+def lesion_alone_risks(gt: dict[str, Any]) -> dict[str, list[float]]:
+    """``case_id → ``, per ground-truth lesion, the generator's malignancy probability were it the only lesion.
+
+    The generator's image term is its most suspicious lesion's score, so this is the case's probability
+    with the image term replaced by that lesion's score. Empty when the document lacks the model
+    parameters or the cases their logit terms (not a synthetic cohort of this generator).
+    """
+    from scipy.special import expit
+
+    from mmclinic.synth.model import ModelParams, lesion_score
+
+    params = gt.get("model_params")
+    if not isinstance(params, dict):
+        return {}
+    # Only the lesion weights and the bias enter here; everything else keeps its default.
+    prm = ModelParams(
+        bias=float(params["bias"]),
+        w_size=float(params["w_size"]),
+        w_spic=float(params["w_spic"]),
+        w_ps=float(params["w_ps"]),
+    )
+    out: dict[str, list[float]] = {}
+    for cid, entry in _case_entries(gt).items():
+        terms, lesions = entry.get("logit_terms"), entry.get("lesions") or []
+        if not isinstance(terms, dict):
+            return {}
+        rest = prm.bias + float(terms["notes"]) + float(terms["tabular"])
+        score = lesion_score(
+            np.array([float(le["diameter_mm"]) for le in lesions], dtype=np.float64),
+            np.array([le["margin"] == "spiculated" for le in lesions], dtype=np.bool_),
+            np.array([le["density"] == "part_solid" for le in lesions], dtype=np.bool_),
+            prm,
+        )
+        out[cid] = [float(v) for v in expit(rest + score)]
+    return out
+
+
 def case_scores(gt: dict[str, Any], key: str) -> dict[str, float]:
     """A per-case number from ground truth (e.g. ``p_malignant``), where present."""
     return {cid: float(e[key]) for cid, e in _case_entries(gt).items() if e.get(key) is not None}

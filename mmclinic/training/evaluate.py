@@ -14,13 +14,14 @@ from mmclinic.engine.engine import InferenceEngine
 from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import InputError
 from mmclinic.logs import event
-from mmclinic.model.detection import find_lesions
+from mmclinic.model.detection import find_lesion_regions, find_lesions, finding_risks
 from mmclinic.registry import Registry, get_registry
 from mmclinic.training.cache import CachedInput, CaseCache, batch_of, safe_get
-from mmclinic.training.data import Cohort, case_scores, load_cohort
+from mmclinic.training.data import Cohort, case_scores, lesion_alone_risks, load_cohort
 from mmclinic.training.metrics import (
     auroc,
     detection_metrics,
+    finding_risk_metrics,
     paired_bootstrap_delta,
     roc_points,
     summarize,
@@ -43,14 +44,27 @@ class Scored:
     tumor: F
     ablations: dict[str, F] = field(default_factory=dict)
     findings: list[list[tuple[tuple[float, float, float], float]]] = field(default_factory=list)
+    # At the engine's operating point: (centre_mm, confidence, {"isolated": risk, "by_confidence": risk}).
+    risked_findings: list[list[tuple[tuple[float, float, float], float, dict[str, float]]]] = field(
+        default_factory=list
+    )
     threshold: float = 0.5
     weights_sha256: str = ""
 
 
 def score_model(
-    engine: InferenceEngine, cohort: Cohort, cache: CaseCache, name: str, progress: bool = True, batch: int = 32
+    engine: InferenceEngine,
+    cohort: Cohort,
+    cache: CaseCache,
+    name: str,
+    progress: bool = True,
+    batch: int = 32,
+    finding_risk: bool = False,
 ) -> tuple[Scored, dict[str, str]]:
-    """Calibrated risk, tumor probability, per-modality ablations and findings for every case labelled for risk."""
+    """Calibrated risk, tumor probability, per-modality ablations and findings for every case labelled for risk.
+
+    ``finding_risk``: also each operating-point finding's risk, by isolation and by the confidence rule.
+    """
     rejected: dict[str, str] = {}
     ok: list[tuple[str, dict[str, CachedInput]]] = []
     risk_label = engine.spec.head("risk").label
@@ -68,6 +82,7 @@ def score_model(
     risk, tumor = [], []
     abl: dict[str, list[float]] = {m: [] for m in engine.modalities}
     findings: list[list[tuple[tuple[float, float, float], float]]] = []
+    risked: list[list[tuple[tuple[float, float, float], float, dict[str, float]]]] = []
     steps = range(0, len(ok), batch)
     with progress_bar(f"scoring ({name})", len(steps), enabled=progress) as advance:
         for i in steps:
@@ -81,6 +96,9 @@ def score_model(
                     abl[m].extend(v.tolist())
             for r, (_, cached) in enumerate(chunk):
                 findings.append(_findings(engine, res.lesion_prob, res.lesion_modality, r, cached))
+                if finding_risk:
+                    risk_r = float(res.malignancy_risk[r])
+                    risked.append(_risked_findings(engine, res.lesion_prob, res.lesion_modality, r, cached, risk_r))
             advance()
     thr = float(engine.meta.get("metrics", {}).get("threshold", 0.5))
     scored = Scored(
@@ -91,6 +109,7 @@ def score_model(
         np.asarray(tumor, dtype=np.float64),
         {m: np.asarray(v, dtype=np.float64) for m, v in abl.items() if v},
         findings,
+        risked,
         thr,
         engine.weights_sha256,
     )
@@ -107,6 +126,26 @@ def _findings(
     found = find_lesions(lesion[row], engine.spec.imaging.spacing_mm, cfg)
     meta = cached[modality].meta
     return [(voxel_to_patient(engine.plugins[modality], meta, f.center_voxel), f.confidence) for f in found]
+
+
+def _risked_findings(
+    engine: InferenceEngine, lesion: Any, modality: str | None, row: int, cached: dict[str, CachedInput], risk: float
+) -> list[tuple[tuple[float, float, float], float, dict[str, float]]]:
+    """The findings a prediction would carry, each with its risk by isolation and by the confidence rule."""
+    if lesion is None or modality is None or not cached[modality].present:
+        return []
+    found, regions = find_lesion_regions(lesion[row], engine.spec.imaging.spacing_mm, engine.detection)
+    isolated = engine.risks_of(found, regions, risk, modality, batch_of([cached], engine.modalities))
+    by_confidence = finding_risks(risk, [f.confidence for f in found])
+    meta = cached[modality].meta
+    return [
+        (
+            voxel_to_patient(engine.plugins[modality], meta, f.center_voxel),
+            f.confidence,
+            {"isolated": i, "by_confidence": c},
+        )
+        for f, i, c in zip(found, isolated, by_confidence, strict=True)
+    ]
 
 
 def evaluate(
@@ -129,7 +168,7 @@ def evaluate(
     cohort = manifest if isinstance(manifest, Cohort) else load_cohort(manifest, engine.spec.labels)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = cache_dir or out / "cache"
-    main, rejected = score_model(engine, cohort, CaseCache(cache_root, engine), "fused", progress)
+    main, rejected = score_model(engine, cohort, CaseCache(cache_root, engine), "fused", progress, finding_risk=True)
     if len(main.case_ids) < 2:
         raise InputError("evaluate.too_few_cases", f"{len(main.case_ids)} evaluable cases")
     # Each head is scored on its own label (the presence head's fallback is a training aid, not a truth).
@@ -164,6 +203,9 @@ def evaluate(
             voxel_mm=min(engine.spec.imaging.spacing_mm),
             operating_confidence=engine.detection.min_confidence,
         )
+        alone = lesion_alone_risks(cohort.ground_truth)
+        if alone and all(c in alone for c in main.case_ids):
+            report["finding_risk"] = finding_risk_metrics(main.risked_findings, gts, [alone[c] for c in main.case_ids])
     report["reference"] = _reference_scores(cohort, main.case_ids, y)
     curves: dict[str, Any] = {"fused": roc_points(main.risk, y)}
     report["compare"] = {}

@@ -216,19 +216,11 @@ def detection_metrics(
     n_target = 0
     for scan, (fs, gts) in enumerate(zip(findings, lesions, strict=True)):
         n_target += sum(1 for g in gts if g.diameter_mm >= min_diameter_mm)
-        used: set[int] = set()
-        for centre, conf in sorted(fs, key=lambda f: -f[1]):
-            best, best_d = -1, np.inf
-            for k, g in enumerate(gts):
-                d = float(np.linalg.norm(np.subtract(centre, g.center_mm)))
-                if k not in used and d <= g.diameter_mm / 2.0 + match_margin_mm and d < best_d:
-                    best, best_d = k, d
+        for (centre, conf), best in zip(fs, match_findings(fs, gts, match_margin_mm), strict=True):
             if best < 0:
                 cands.append((conf, scan, False, np.nan))
-                continue
-            used.add(best)
-            if gts[best].diameter_mm >= min_diameter_mm:
-                cands.append((conf, scan, True, best_d))
+            elif gts[best].diameter_mm >= min_diameter_mm:
+                cands.append((conf, scan, True, float(np.linalg.norm(np.subtract(centre, gts[best].center_mm)))))
     n_scans = max(len(findings), 1)
     cands.sort(key=lambda c: -c[0])
     tp = fp = 0
@@ -268,6 +260,74 @@ def detection_metrics(
         "median_center_error_voxels": float(np.median(errors_at)) / voxel_mm if errors_at else float("nan"),
         "froc": {str(r): _sens_at(cands, n_scans, n_target, r) for r in froc},
     }
+
+
+def match_findings(
+    findings: Sequence[tuple[tuple[float, float, float], float]], lesions: Sequence[GtLesion], margin_mm: float = 5.0
+) -> list[int]:
+    """For each finding (centre_mm, confidence), the index of the lesion it hits, or -1.
+
+    Greedy by confidence: each finding takes the nearest lesion not yet taken whose centre lies within
+    its radius + ``margin_mm``; each lesion is matched once.
+    """
+    out = [-1] * len(findings)
+    used: set[int] = set()
+    for i in sorted(range(len(findings)), key=lambda i: -findings[i][1]):
+        centre = findings[i][0]
+        best, best_d = -1, np.inf
+        for k, g in enumerate(lesions):
+            d = float(np.linalg.norm(np.subtract(centre, g.center_mm)))
+            if k not in used and d <= g.diameter_mm / 2.0 + margin_mm and d < best_d:
+                best, best_d = k, d
+        if best >= 0:
+            used.add(best)
+            out[i] = best
+    return out
+
+
+def finding_risk_metrics(
+    findings: Sequence[Sequence[tuple[tuple[float, float, float], float, dict[str, float]]]],
+    lesions: Sequence[Sequence[GtLesion]],
+    truth: Sequence[Sequence[float]],
+    match_margin_mm: float = 5.0,
+) -> dict[str, Any]:
+    """How well each way of giving a finding its malignancy risk ranks the findings of a case.
+
+    ``findings[i]``: scan i's findings as (centre_mm, confidence, {method: risk}); ``truth[i]``: each
+    ground-truth lesion's probability were it the only lesion. Per method: ``pair_concordance``, over
+    pairs of findings in one case that hit two lesions of different truth, the share ranked as the truth
+    ranks them (ties count half); ``hit_vs_miss_auroc``, over cases with hits and misses, the AUROC of
+    the risk for "hits a lesion" among that case's findings, averaged over pairs like the concordance.
+    """
+    methods = sorted({m for fs in findings for f in fs for m in f[2]})
+    agree = {m: 0.0 for m in methods}
+    sep = {m: 0.0 for m in methods}
+    n_pairs = n_sep = 0
+    for fs, gts, ps in zip(findings, lesions, truth, strict=True):
+        hit = match_findings([(f[0], f[1]) for f in fs], gts, match_margin_mm)
+        for a in range(len(fs)):
+            for b in range(a + 1, len(fs)):
+                ha, hb = hit[a], hit[b]
+                if ha >= 0 and hb >= 0 and ps[ha] != ps[hb]:
+                    n_pairs += 1
+                    for m in methods:
+                        agree[m] += _concordant(fs[a][2][m] - fs[b][2][m], ps[ha] - ps[hb])
+                elif (ha >= 0) != (hb >= 0):
+                    n_sep += 1
+                    for m in methods:  # the hit should carry the higher risk
+                        sep[m] += _concordant(fs[a][2][m] - fs[b][2][m], 1.0 if ha >= 0 else -1.0)
+    return {
+        "n_lesion_pairs": n_pairs,
+        "n_hit_miss_pairs": n_sep,
+        "pair_concordance": {m: agree[m] / n_pairs if n_pairs else float("nan") for m in methods},
+        "hit_vs_miss_auroc": {m: sep[m] / n_sep if n_sep else float("nan") for m in methods},
+    }
+
+
+def _concordant(d_score: float, d_truth: float) -> float:
+    if d_score == 0:
+        return 0.5
+    return 1.0 if (d_score > 0) == (d_truth > 0) else 0.0
 
 
 def _sens_at(cands: list[tuple[float, int, bool, float]], n_scans: int, n_target: int, rate: float) -> float:

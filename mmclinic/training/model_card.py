@@ -86,7 +86,9 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         "from the CT "
         f"encoder (3-D U-Net) → threshold {meta['detection']['threshold']} → connected components; centre = "
         "probability-weighted centroid mapped to patient LPS mm, diameter = equivalent sphere of the soft volume; "
-        "per-finding risk = case risk × confidence / highest confidence. Every modality is optional, at least one "
+        "per-finding risk = the calibrated case risk with the other findings' voxels read as background in the "
+        "CT encoder's lesion token (the case were that finding its only lesion; one finding carries the case risk). "
+        "Every modality is optional, at least one "
         "is required; findings need the CT.",
         "",
         "## Training data and procedure",

@@ -68,6 +68,24 @@ def markdown(r: dict[str, Any]) -> str:
             f"({_fmt(det['median_center_error_voxels'])} voxels)",
             "- FROC: " + ", ".join(f"{k} FP/scan → {_fmt(v)}" for k, v in det["froc"].items()),
         ]
+    fr = r.get("finding_risk")
+    if fr:
+        conc, sep = fr["pair_concordance"], fr["hit_vs_miss_auroc"]
+        lines += [
+            "",
+            "## Per-finding malignancy risk (findings at the operating point)",
+            "",
+            "Truth: the generator's probability were that lesion the case's only one. `isolated`: the model's "
+            "risk with the other findings read as background (what predictions carry); `by_confidence`: the "
+            "case risk scaled by detection confidence.",
+            "",
+            "| method | lesion pairs ranked as the truth | hit ranked above miss |",
+            "|---|---|---|",
+            *(f"| {m} | {_fmt(conc[m])} | {_fmt(sep[m])} |" for m in conc),
+            "",
+            f"- {fr['n_lesion_pairs']} pairs of findings on two lesions of one case; {fr['n_hit_miss_pairs']} "
+            "pairs of a finding on a lesion and a false positive in one case",
+        ]
     if r.get("goals"):
         lines += ["", "## Goals", ""]
         for k, g in r["goals"].items():

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmclinic.model.detection import DetectionConfig, find_lesions, finding_risks, sphere_mask
+from mmclinic.model.detection import (
+    DetectionConfig,
+    find_lesion_regions,
+    find_lesions,
+    finding_risks,
+    isolation_masks,
+    sphere_mask,
+)
 
 SP = (5.0, 5.0, 5.0)
 
@@ -40,3 +47,25 @@ def test_subvoxel_lesion_still_gets_target_voxel() -> None:
 def test_finding_risks_scale_by_confidence() -> None:
     assert finding_risks(0.8, [0.9, 0.45]) == [0.8, 0.4]
     assert finding_risks(0.5, []) == []
+
+
+def test_regions_label_each_returned_finding_and_isolation_masks_cover_the_others() -> None:
+    prob = np.zeros((16, 16, 8))
+    prob[2:4, 2:4, 2:4] = 0.6  # weaker, found second
+    prob[10:13, 10:13, 3:6] = 0.9
+    prob[10:13, 10:13, 2] = 0.2  # the stronger one's sub-threshold rim
+    prob[7, 14, 1] = 0.35  # below min_confidence: a component, not a finding
+    found, regions = find_lesion_regions(prob, SP, DetectionConfig(threshold=0.3, min_confidence=0.5))
+    assert [f.confidence for f in found] == [0.9, 0.6] and found == find_lesions(prob, SP, DetectionConfig(0.3, 0.5))
+    assert regions.dtype == np.int32 and set(np.unique(regions)) == {0, 1, 2}
+    assert (regions == 1).sum() == 27 and (regions == 2).sum() == 8 and regions[7, 14, 1] == 0
+    masks = isolation_masks(regions, 2)
+    assert masks.shape == (2, 16, 16, 8)
+    # Finding 1 alone: finding 2's voxels and their one-voxel rim are suppressed, its own never.
+    assert masks[0][regions == 2].all() and not masks[0][regions == 1].any()
+    assert masks[0][1, 1, 1] and not masks[0][0, 0, 0]
+    assert masks[1][regions == 1].all() and masks[1][10:13, 10:13, 2].all()  # the rim goes too
+    assert not masks[1][regions == 2].any() and not masks[1][7, 14, 1]
+    # One finding: nothing to suppress.
+    single = np.where(regions == 2, 0, regions)
+    assert not isolation_masks(single, 1).any()

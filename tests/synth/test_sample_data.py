@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
 from synth_helpers import all_files
 
 from mmclinic.case import Case
@@ -27,3 +29,21 @@ def test_sample_cohort_matches_recorded_command(tmp_path: Path) -> None:
     assert committed.keys() == regenerated.keys()
     differing = [k for k in committed if committed[k] != regenerated[k]]
     assert differing == [], f"{len(differing)} files differ; regenerate sample_data (see its README)"
+
+
+def test_lesion_alone_risks_reproduce_the_case_probability() -> None:
+    """The generator's most suspicious lesion decides: the largest lesion-alone probability is the case's."""
+    from mmclinic.training.data import lesion_alone_risks
+
+    doc = json.loads((SAMPLE / "ground_truth.json").read_text())
+    alone = lesion_alone_risks(doc)
+    assert set(alone) == set(doc["cases"])
+    multi = 0
+    for cid, case in doc["cases"].items():
+        assert len(alone[cid]) == len(case["lesions"])
+        if case["lesions"]:
+            # logit terms and diameters are stored rounded (4 decimals, 0.1 mm)
+            assert max(alone[cid]) == pytest.approx(case["p_malignant"], abs=1e-3)
+        multi += len(set(alone[cid])) > 1
+    assert multi >= 2  # the sample holds cases whose lesions differ, so the test can see the ordering
+    assert lesion_alone_risks({"cases": {}}) == {}  # not a cohort of this generator

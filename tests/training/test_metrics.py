@@ -20,6 +20,8 @@ from mmclinic.training.metrics import (
     ece,
     ece_if_calibrated,
     evaluate_predictions,
+    finding_risk_metrics,
+    match_findings,
     paired_bootstrap_delta,
     sens_spec,
     youden_threshold,
@@ -102,6 +104,35 @@ def test_detection_sensitivity_at_fp_rate() -> None:
     assert r["sensitivity"] == pytest.approx(0.5)
     assert r["median_center_error_mm"] == pytest.approx(1.0)
     assert r["froc"]["0.25"] == 0.0  # 0.75 FP allowed: the first candidate is already an FP
+
+
+def test_match_findings_is_greedy_by_confidence_and_one_to_one() -> None:
+    gts = [GtLesion((0.0, 0.0, 0.0), 10.0), GtLesion((12.0, 0.0, 0.0), 10.0)]
+    # The second finding is nearer lesion 0 but less confident: the first takes lesion 0 first.
+    fs = [((6.0, 0.0, 0.0), 0.9), ((1.0, 0.0, 0.0), 0.5), ((0.0, 40.0, 0.0), 0.95)]
+    assert match_findings(fs, gts) == [0, -1, -1]
+    assert match_findings([((11.0, 0.0, 0.0), 0.2), ((1.0, 0.0, 0.0), 0.9)], gts) == [1, 0]
+    assert match_findings([], gts) == [] and match_findings(fs, []) == [-1, -1, -1]
+
+
+def test_finding_risk_metrics_rank_within_cases() -> None:
+    gts = [[GtLesion((0.0, 0.0, 0.0), 10.0), GtLesion((40.0, 0.0, 0.0), 10.0)], [GtLesion((0.0, 0.0, 0.0), 10.0)]]
+    truth = [[0.2, 0.7], [0.5]]
+    findings = [
+        [
+            ((0.0, 0.0, 0.0), 0.9, {"good": 0.3, "bad": 0.8}),  # lesion 0 (truth 0.2)
+            ((40.0, 0.0, 0.0), 0.8, {"good": 0.6, "bad": 0.4}),  # lesion 1 (truth 0.7)
+            ((0.0, 90.0, 0.0), 0.7, {"good": 0.1, "bad": 0.4}),  # a false positive
+        ],
+        [((0.0, 0.0, 0.0), 0.9, {"good": 0.5, "bad": 0.5}), ((80.0, 0.0, 0.0), 0.3, {"good": 0.2, "bad": 0.5})],
+    ]
+    r = finding_risk_metrics(findings, gts, truth)
+    assert r["n_lesion_pairs"] == 1 and r["n_hit_miss_pairs"] == 3
+    assert r["pair_concordance"] == {"bad": 0.0, "good": 1.0}
+    # hit/miss pairs, good: .3>.1, .6>.1, .5>.2; bad: .8>.4, .4=.4, .5=.5
+    assert r["hit_vs_miss_auroc"] == {"bad": pytest.approx(2.0 / 3.0), "good": 1.0}
+    empty = finding_risk_metrics([[]], [[]], [[]])
+    assert empty["n_lesion_pairs"] == 0 and empty["pair_concordance"] == {}
 
 
 def test_evaluate_predictions_accepts_predictions_and_dicts() -> None:

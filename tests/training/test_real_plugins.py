@@ -95,3 +95,8 @@ def test_train_evaluate_predict_with_real_plugins(run_dir: Path, cohort_dir: Pat
     )
     assert set(r["ablation"]) == {"without_imaging", "without_notes", "without_tabular"}
     assert "detection" in r
+    # Per-finding risk is scored against the generator's lesion-alone probabilities, both ways.
+    fr = r["finding_risk"]
+    assert fr["n_lesion_pairs"] >= 0 and fr["n_hit_miss_pairs"] >= 0
+    assert set(fr["pair_concordance"]) <= {"isolated", "by_confidence"}
+    assert "Per-finding malignancy risk" in (tmp_path / "eval" / "report.md").read_text()

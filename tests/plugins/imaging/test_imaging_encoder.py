@@ -138,3 +138,32 @@ def test_output_layer_equals_the_convolution_and_ignores_the_thread_count() -> N
     # ... and the same layer as the convolution it replaces, up to rounding.
     with torch.no_grad():
         torch.testing.assert_close(outs[0], conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_isolate_describes_one_lesion_with_the_others_read_as_background() -> None:
+    """``isolate``: nothing suppressed gives the case's own tokens; each row's lesion token sees one lesion."""
+    torch.manual_seed(0)
+    plugin = make_plugin()
+    encoder = plugin.build_encoder(32, SPEC).eval()
+    image = torch.full((1, 1, 32, 32, 32), 0.1)
+    image[..., 4:8, 4:8, 4:8] = 0.9
+    image[..., 20:23, 20:23, 20:23] = 0.6
+    batch = {"image": image, "present": torch.tensor([True])}
+    with torch.no_grad():
+        whole = encoder(batch)
+        a = torch.zeros(1, 1, 32, 32, 32, dtype=torch.bool)
+        a[..., 4:8, 4:8, 4:8] = True
+        b = torch.zeros_like(a)
+        b[..., 20:23, 20:23, 20:23] = True
+        out = encoder.isolate(batch, torch.cat([torch.zeros_like(a), b, a]))
+        trunk = encoder.trunk(batch)
+    assert out.tokens.shape == (3, 9, 32) and not out.pad_mask.any()
+    assert torch.allclose(out.tokens[0], whole.tokens[0], atol=1e-5)  # nothing suppressed: the case itself
+    # The region tokens are the case's in every row; only the lesion token changes.
+    assert torch.allclose(out.tokens[1:, :8], whole.tokens.expand(2, -1, -1)[:, :8], atol=1e-5)
+    assert not torch.allclose(out.tokens[1, 8], out.tokens[2, 8]) and not torch.allclose(
+        out.tokens[2, 8], out.tokens[0, 8]
+    )
+    with pytest.raises(ValueError):
+        encoder.isolate({"image": image.expand(2, -1, -1, -1, -1), "present": torch.tensor([True, True])}, a)
+    assert torch.isfinite(trunk["lesion_stats"]).all()

@@ -92,9 +92,8 @@ class CtEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def trunk(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The U-Net pass: pooled region features, lesion statistics and the lesion-logit map."""
-        x = batch["image"]
+    def _unet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bottleneck features, last decoder features and lesion logits of one U-Net pass."""
         u = self.unet
         # BasicUNet.forward returns only the logits; walking its stages exposes the bottleneck too.
         x0 = u.conv_0(x)
@@ -106,13 +105,40 @@ class CtEncoder(nn.Module):
         d = u.upcat_3(d, x2)
         d = u.upcat_2(d, x1)
         d = u.upcat_1(d, x0)
-        logits = channel_mix(u.final_conv, d)
+        return x4, d, channel_mix(u.final_conv, d)
+
+    def trunk(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The U-Net pass: pooled region features, lesion statistics and the lesion-logit map."""
+        x = batch["image"]
+        x4, d, logits = self._unet(x)
         return {
             "regions": self.pool(x4).flatten(2).transpose(1, 2),  # [B, N, C]
             "lesion_stats": lesion_statistics(logits, x, d),
             "extra.lesion_logits": logits,
             "present": batch["present"],
         }
+
+    def isolate(self, batch: dict[str, Any], suppress: torch.Tensor) -> EncoderOutput:
+        """One case's tokens ``F`` times, row ``f`` as if the voxels ``suppress[f]`` held no lesion.
+
+        ``batch`` holds one case; ``suppress`` is bool ``[F, 1, X, Y, Z]``. Suppressed voxels take the
+        case's median lesion logit (what its background reads as) in the lesion statistics, so the lesion
+        token describes the remaining lesion alone; the region tokens and the lesion map are unchanged.
+        One U-Net pass serves every row.
+        """
+        x = batch["image"]
+        if x.shape[0] != 1:
+            raise ValueError(f"isolate takes one case, got a batch of {x.shape[0]}")
+        x4, d, logits = self._unet(x)
+        n = suppress.shape[0]
+        background = logits.flatten(1).median(dim=1).values.view(1, 1, 1, 1, 1)
+        masked = torch.where(suppress.to(logits.device, torch.bool), background, logits.expand(n, -1, -1, -1, -1))
+        trunk = {
+            "regions": self.pool(x4).flatten(2).transpose(1, 2).expand(n, -1, -1),
+            "lesion_stats": lesion_statistics(masked, x.expand(n, -1, -1, -1, -1), d.expand(n, -1, -1, -1, -1)),
+            "present": batch["present"].expand(n),
+        }
+        return self.head(trunk)
 
     def head(self, trunk: dict[str, torch.Tensor]) -> EncoderOutput:
         """Tokens from trunk outputs (cached or fresh); absent cases are all padding."""
