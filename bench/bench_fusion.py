@@ -1,4 +1,4 @@
-"""Benchmark: fusion-transformer forward time as a share of end-to-end CPU time per case (goal ≤ 10 %)."""
+"""Benchmarks: fusion forward as a share of end-to-end CPU time per case (goal ≤ 10 %); per-finding risk cost."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bench._timing import median_seconds
+from bench._timing import interleaved_medians, median_seconds
 from mmclinic.engine.device import autocast
 from mmclinic.engine.engine import InferenceEngine
 from mmclinic.errors import ModelError
@@ -57,6 +57,7 @@ def bench() -> list[dict[str, Any]]:
         with torch.inference_mode(), autocast(engine.device):
             return engine.model.fuse(encoded, hide)
 
+    isolation = _isolation_row(engine, cases, end_to_end)
     total = median_seconds(end_to_end, repeats=max(1, REPEATS // 2)) / len(cases)
     fusion = median_seconds(fusion_only, repeats=REPEATS * 4) / len(cases)
     share = fusion / total
@@ -74,5 +75,35 @@ def bench() -> list[dict[str, Any]]:
                 f"{fusion * 1e3:.2f} ms/case = {share:.2%} of end-to-end {total * 1e3:.0f} ms/case "
                 f"(CPU, batch {len(cases)}, {torch.get_num_threads()} threads)"
             ),
-        }
+        },
+        isolation,
     ]
+
+
+def _isolation_row(engine: InferenceEngine, cases: list[Any], end_to_end: Any) -> dict[str, Any]:
+    """End-to-end per case with each finding's risk by isolation vs by the confidence rule (same cases)."""
+    encoder = engine.model.encoders["imaging"]
+    findings = [len(p.findings) for p in end_to_end()]
+
+    def by_rule() -> object:
+        encoder.isolate = None  # the engine then shares the case risk by confidence
+        try:
+            return end_to_end()
+        finally:
+            del encoder.isolate
+
+    with_iso, without = interleaved_medians(end_to_end, by_rule, repeats=max(1, REPEATS // 2))
+    multi = sum(n > 1 for n in findings)
+    return {
+        "name": "finding_isolation_end_to_end",
+        "candidate_s": with_iso / len(cases),
+        "baseline_s": without / len(cases),
+        "ratio": without / with_iso,
+        "target": 0.67,  # per-finding risk by isolation may add at most half the pipeline's time
+        "higher_is_better": True,
+        "notes": (
+            f"end-to-end {with_iso / len(cases) * 1e3:.0f} ms/case with each finding's risk by isolation vs "
+            f"{without / len(cases) * 1e3:.0f} ms/case by the confidence rule; {multi} of {len(cases)} cases have "
+            f"2+ findings ({sum(findings)} findings; one extra U-Net pass per such case)"
+        ),
+    }

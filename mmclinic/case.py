@@ -58,7 +58,7 @@ class Finding:
     center_mm: tuple[float, float, float]
     diameter_mm: float
     confidence: float
-    malignancy_risk: float
+    malignancy_risk: float  # calibrated probability of malignancy were this the case's only lesion
     center_voxel: tuple[int, int, int] | None = None  # in the model's resampled grid
     label: str = "nodule"
 

@@ -63,8 +63,10 @@ class JobOut(BaseModel):
 class FindingOut(BaseModel):
     center_mm: list[float]
     diameter_mm: float
-    confidence: float
-    malignancy_risk: float
+    confidence: float = Field(description="Peak lesion-map probability of the finding (detection confidence).")
+    malignancy_risk: float = Field(
+        description="Calibrated probability of malignancy were this finding the case's only lesion."
+    )
     center_voxel: list[int] | None = None
     label: str
 
