@@ -87,11 +87,14 @@ def test_leaves_what_it_does_not_vouch_for_to_pydicom() -> None:
     pydicom.dcmwrite(big, ds, implicit_vr=False, little_endian=False, force_encoding=True)
     two_values = ct.replace(b"1.2.3.4.5\x00", b"1.2\\3.4.5")  # same length, now a two-valued UID
     cut_in_pixel_header = ct[: ct.index(b"\xe0\x7f\x10\x00") + 6]
+    # Cut inside an element's value (a fixed byte count could land on an element boundary: the random
+    # ImplementationClassUID makes the header's length vary from file to file).
+    cut_in_value = ct[: ct.index(b"\x28\x00\x30\x00DS") + 10]
     # An identifying element under another VR: pydicom would read it as that VR (US: a number).
     modality_as_us = ct.replace(b"\x08\x00\x60\x00CS", b"\x08\x00\x60\x00US")
     uid_as_lo = ct.replace(b"\x20\x00\x0d\x00UI", b"\x20\x00\x0d\x00LO")
     assert modality_as_us != ct and uid_as_lo != ct
-    for data in (big.getvalue(), two_values, cut_in_pixel_header, ct[:600], b"\0" * 200, modality_as_us, uid_as_lo):
+    for data in (big.getvalue(), two_values, cut_in_pixel_header, cut_in_value, b"\0" * 200, modality_as_us, uid_as_lo):
         assert dicomheader.read_identifiers(data) is None
     with pytest.raises(InputError) as ei, warnings.catch_warnings():
         warnings.simplefilter("ignore")
