@@ -91,7 +91,10 @@ def _fmt_findings(raw: Any) -> str:
     parts = []
     for f in fs[:2]:
         x, y, z = f["center_mm"]
-        parts.append(f"{f['diameter_mm']:.0f} mm at ({x:.0f},{y:.0f},{z:.0f}) conf {f['confidence']:.2f}")
+        parts.append(
+            f"{f['diameter_mm']:.0f} mm at ({x:.0f},{y:.0f},{z:.0f}) conf {f['confidence']:.2f} "
+            f"risk {f['malignancy_risk']:.2f}"
+        )
     more = f" +{len(fs) - 2}" if len(fs) > 2 else ""
     return "; ".join(parts) + more
 

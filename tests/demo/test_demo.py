@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def test_demo_generates_scores_stores_and_evaluates(tmp_path: Path) -> None:
     assert "scored 24, skipped (already done) 0, failed 0 of 24" in text
     assert text.count("imaging;notes;tabular") == 24  # one line per case, all modalities used
     assert "malignancy: AUROC" in text and "detection (lesions" in text
+    assert re.search(r"mm at \([-\d]+,[-\d]+,[-\d]+\) conf \d\.\d\d risk \d\.\d\d", text)  # each finding's own risk
     db = sqlite3.connect(tmp_path / "var" / "mmclinic.db")
     assert db.execute("select count(*) from predictions").fetchone()[0] == 24
 
