@@ -135,7 +135,8 @@ def _risked_findings(
     if lesion is None or modality is None or not cached[modality].present:
         return []
     found, regions = find_lesion_regions(lesion[row], engine.spec.imaging.spacing_mm, engine.detection)
-    isolated = engine.risks_of(found, regions, risk, modality, batch_of([cached], engine.modalities))
+    batch = batch_of([cached], engine.modalities) if len(found) > 1 else None  # only several findings need it
+    isolated = engine.risks_of(found, regions, risk, modality, batch)
     by_confidence = finding_risks(risk, [f.confidence for f in found])
     meta = cached[modality].meta
     return [
