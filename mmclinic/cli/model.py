@@ -23,6 +23,14 @@ def train_cmd(
     late_fusion: bool = typer.Option(
         False, "--late-fusion/--no-late-fusion", help="Add each modality's own pooled logit to the fused logit."
     ),
+    assertion_weight: float = typer.Option(
+        0.0,
+        "--assertion-weight",
+        help="Weight of the notes assertion head (state / hedge / negate / omit per annotated finding; 0: off).",
+    ),
+    assertion_warmup: int = typer.Option(
+        0, "--assertion-warmup", help="First epochs train the assertion head alone (no case labels)."
+    ),
     patience: int = typer.Option(6, "--patience", help="Early stopping: epochs without validation AUROC gain."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of patients held out for validation."),
     seed: int = typer.Option(0, "--seed"),
@@ -55,6 +63,8 @@ def train_cmd(
         d_model=d_model,
         n_layers=layers,
         late_fusion=late_fusion,
+        assertion_weight=assertion_weight,
+        assertion_warmup=assertion_warmup,
         patience=patience,
         val_fraction=val_fraction,
         seed=seed,

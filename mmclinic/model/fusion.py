@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -37,18 +37,30 @@ class FusionConfig:
     # alone learned poorly (notes+tabular barely beat tabular alone); the CLS keeps the interactions.
     late_fusion: bool = False
     heads: tuple[str, ...] = HEADS  # the task's heads (TaskSpec.heads names), one logit each
+    # Assertion head (a training aid, see ``FusionModel.assertion_logits``): for each item (a finding a
+    # note may mention), which of ``assertion_states`` the notes assert, read from the notes tokens.
+    # Empty: no head (every checkpoint before it).
+    assertion_items: tuple[str, ...] = ()
+    assertion_states: tuple[str, ...] = ()
+    assertion_modality: str = "notes"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         d = asdict(self)
-        d["modalities"] = list(self.modalities)
-        d["heads"] = list(self.heads)
+        for k in ("modalities", "heads", "assertion_items", "assertion_states"):
+            d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FusionConfig:
         """Inverse of ``to_dict``."""
-        return cls(**{**d, "modalities": tuple(d["modalities"]), "heads": tuple(d.get("heads", HEADS))})
+        tuples = {k: tuple(d[k]) for k in ("assertion_items", "assertion_states") if k in d}
+        return cls(**{**d, "modalities": tuple(d["modalities"]), "heads": tuple(d.get("heads", HEADS)), **tuples})
+
+    @property
+    def has_assertion_head(self) -> bool:
+        """True when the model reads assertion states from ``assertion_modality``'s tokens."""
+        return bool(self.assertion_items) and bool(self.assertion_states) and self.assertion_modality in self.modalities
 
 
 @dataclass
@@ -59,6 +71,7 @@ class ModelOutput:
     aux_logits: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # modality -> encoder extras
     visible: torch.Tensor | None = None  # [B, M] bool: modality seen by the CLS (after dropout/ablation)
+    assertion_logits: torch.Tensor | None = None  # [B, items, states] when the model has an assertion head
 
 
 class FusionModel(nn.Module):
@@ -113,6 +126,31 @@ class FusionModel(nn.Module):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
             self.late_heads = nn.ModuleDict(late_heads)
+        if cfg.has_assertion_head:
+            self._build_assertion_head()
+
+    def _build_assertion_head(self) -> None:
+        n_items, n_states, d = len(self.cfg.assertion_items), len(self.cfg.assertion_states), self.cfg.d_model
+        # One attention query per item picks the tokens about that finding; one linear map per item
+        # reads its state. Training it makes the notes tokens carry every finding's assertion state,
+        # which case labels alone teach slowly (see the trainer's ``assertion_weight``).
+        self.assertion_query = nn.Parameter(torch.randn(n_items, d) * 0.02)
+        self.assertion_weight = nn.Parameter(torch.randn(n_items, d, n_states) * 0.02)
+        self.assertion_bias = nn.Parameter(torch.zeros(n_items, n_states))
+
+    def add_assertion_head(self, items: Sequence[str], states: Sequence[str]) -> bool:
+        """Give the model an assertion head over ``items`` × ``states``; False when it has no such modality.
+
+        The trainer learns the items from the cohort's annotations, after the model was built.
+        """
+        if self.cfg.has_assertion_head:
+            raise ValueError("the model already has an assertion head")
+        cfg = replace(self.cfg, assertion_items=tuple(items), assertion_states=tuple(states))
+        if not cfg.has_assertion_head:
+            return False
+        self.cfg = cfg
+        self._build_assertion_head()
+        return True
 
     # -- stages -------------------------------------------------------------------------------------
     def precompute(self, batch: Batch) -> Batch:
@@ -189,6 +227,26 @@ class FusionModel(nn.Module):
             out[m] = self.aux_heads[m](pooled)
         return out
 
+    def assertion_logits(self, encoded: Mapping[str, EncoderOutput]) -> torch.Tensor | None:
+        """``[B, items, states]`` assertion logits from the notes tokens; None without the head or the notes.
+
+        Rows of cases without notes are finite but meaningless; the loss skips them.
+        """
+        m = self.cfg.assertion_modality
+        if not self.cfg.has_assertion_head or m not in encoded:
+            return None
+        eo = encoded[m]
+        tokens = eo.tokens
+        q = self.assertion_query.to(tokens.dtype)
+        score = torch.einsum("bkd,fd->bfk", tokens, q) / float(tokens.shape[-1]) ** 0.5
+        pad = eo.pad_mask[:, None, :]
+        empty = pad.all(dim=-1, keepdim=True)
+        # A case without notes has every token padded: give it uniform weights instead of NaN.
+        weights = torch.softmax(score.float().masked_fill(pad & ~empty, float("-inf")), dim=-1).to(tokens.dtype)
+        pooled = torch.einsum("bfk,bkd->bfd", weights, tokens)
+        w = self.assertion_weight.to(tokens.dtype)
+        return torch.einsum("bfd,fdc->bfc", pooled, w) + self.assertion_bias.to(tokens.dtype)
+
     def visible(self, batch: Batch) -> torch.Tensor:
         """``[B, M]`` bool: which modalities each case has."""
         ref = next(iter(batch.values()))["present"]
@@ -226,7 +284,7 @@ class FusionModel(nn.Module):
         logits = self.fuse(encoded, hide)
         extras = {m: dict(eo.extras) for m, eo in encoded.items() if eo.extras}
         shown = vis if hide is None else vis & ~hide
-        return ModelOutput(logits, self.aux(encoded), extras, shown)
+        return ModelOutput(logits, self.aux(encoded), extras, shown, self.assertion_logits(encoded))
 
     def calibrated_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid of temperature-scaled logits, per head."""

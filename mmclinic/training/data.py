@@ -73,6 +73,28 @@ def lesions_from_ground_truth(gt: dict[str, Any]) -> dict[str, list[GtLesion]]:
     return out
 
 
+def note_assertions(gt: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, list[int]]]:
+    """Assertion annotations of the notes: items, states and ``case_id →`` state index per item.
+
+    ``ground_truth.json`` records per case, for every finding its notes may mention, whether they state,
+    hedge, negate or do not mention it (``note_findings``; the clinical-NLP assertion classes present,
+    possible and absent, plus not mentioned). Items are every finding named in the cohort, sorted; a
+    case that lacks an item, or names a state outside the generator's, gets -1 there (not scored).
+    Empty items when the document has no annotations.
+    """
+    from mmclinic.synth.model import NOTE_STATES
+
+    entries = _case_entries(gt)
+    items = tuple(sorted({str(f) for e in entries.values() for f in (e.get("note_findings") or {})}))
+    index = {s: i for i, s in enumerate(NOTE_STATES)}
+    out: dict[str, list[int]] = {}
+    for cid, entry in entries.items():
+        found = entry.get("note_findings")
+        if isinstance(found, dict) and found:
+            out[cid] = [index.get(str(found.get(f)), -1) for f in items]
+    return items, (tuple(NOTE_STATES) if items else ()), out
+
+
 def lesion_alone_risks(gt: dict[str, Any]) -> dict[str, list[float]]:
     """``case_id → ``, per ground-truth lesion, the generator's malignancy probability were it the only lesion.
 

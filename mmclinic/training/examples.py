@@ -30,6 +30,7 @@ class Example:
     lesion: torch.Tensor | None = None
     replay: dict[str, CachedInput] = field(default_factory=dict)  # stored outputs of frozen encoders
     gt_lesions: list[GtLesion] | None = None  # None: no ground truth for this case
+    assertions: torch.Tensor | None = None  # [items] state per annotated note finding (assertion head only)
 
 
 def _labels(case: Case, spec: TaskSpec) -> torch.Tensor | None:

@@ -80,6 +80,7 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
             if meta["fusion"].get("late_fusion")
             else ""
         )
+        + _assertion_model(meta["fusion"])
         + f"modality dropout {meta['fusion']['modality_dropout']}. "
         "Risk = sigmoid((logit − log w⁺) / T): logit adjustment for the "
         f"class weight w⁺ used in training, then {_calibration(meta)} on validation patients. Findings: lesion map "
@@ -103,9 +104,10 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         f"(patience {cfg['patience']}) on "
         f"validation AUROC; best epoch {m['best_epoch']} of {m['epochs_run']} ({m['stopped']}); AdamW lr {cfg['lr']}, "
         f"batch {cfg['batch_size']}; loss: weighted BCE per head (w⁺ = {', '.join(_f(w, 2) for w in tr['pos_weight'])})"
-        f" + {cfg['aux_weight']} × auxiliary heads + lesion map BCE (pos. weight {cfg['lesion_pos_weight']}) + Dice",
+        f" + {cfg['aux_weight']} × auxiliary heads + lesion map BCE (pos. weight {cfg['lesion_pos_weight']}) + Dice"
+        + _assertion_loss(cfg, meta["fusion"]),
         f"- validation (calibration split): AUROC {_f(m['val_auroc'])}, ECE {_f(m['val_ece'])}, operating threshold "
-        f"{_f(m['threshold'])} (Youden J)",
+        f"{_f(m['threshold'])} (Youden J)" + _assertion_accuracy(m),
         "",
         "## Held-out evaluation",
         "",
@@ -128,6 +130,34 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         "",
     ]
     return "\n".join(lines)
+
+
+def _assertion_model(fusion: dict[str, Any]) -> str:
+    items = fusion.get("assertion_items") or []
+    if not items:
+        return ""
+    return (
+        f"a notes assertion head (a training aid) reads from the notes tokens, for each of {len(items)} findings the "
+        f"training cohort annotates ({', '.join(items)}), whether the notes {' / '.join(fusion['assertion_states'])} "
+        "it; "
+    )
+
+
+def _assertion_loss(cfg: dict[str, Any], fusion: dict[str, Any]) -> str:
+    if not fusion.get("assertion_items") or not cfg.get("assertion_weight"):
+        return ""
+    warm = int(cfg.get("assertion_warmup", 0))
+    first = f"; the first {warm} epochs train the assertion head alone" if warm else ""
+    return f" + {cfg['assertion_weight']} × notes assertion cross-entropy{first}"
+
+
+def _assertion_accuracy(m: dict[str, Any]) -> str:
+    acc = m.get("val_assertion_accuracy") or {}
+    if not acc:
+        return ""
+    return (
+        f"; notes assertions read right in {_f(sum(acc.values()) / len(acc))} of validation cases (mean over findings)"
+    )
 
 
 def bundle(run_dir: Path, report_path: Path, plugin_data: Path, provenance: dict[str, Any]) -> dict[str, Any]:

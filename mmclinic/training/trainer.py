@@ -38,6 +38,7 @@ from mmclinic.model.detection import DetectionConfig, find_lesions
 from mmclinic.model.frozen import frozen_outputs, replay_for
 from mmclinic.model.fusion import LESION_KEY, FusionModel
 from mmclinic.registry import Registry, get_registry
+from mmclinic.training.assertions import accuracy_by_item, assertion_loss, assertion_targets, attach_assertions
 from mmclinic.training.cache import CachedInput, CaseCache, batch_of
 from mmclinic.training.data import Cohort, load_cohort, patient_split
 from mmclinic.training.examples import Example, build_examples
@@ -89,6 +90,13 @@ class TrainConfig:
     seed: int = 0
     max_minutes: float = 0.0  # 0: no limit
     aux_weight: float = 0.3
+    # Weight of the notes assertion head's loss (0: no head). The head reads, for every finding the
+    # cohort's annotations name, whether the notes state, hedge, negate or omit it (``attach_assertions``).
+    assertion_weight: float = 0.0
+    # Epochs at the start that train the assertion head alone (no case-label loss): the notes tokens
+    # learn the findings' states before the case heads, which overfit the labels within a few epochs,
+    # stop the run. They neither select a checkpoint nor count towards patience.
+    assertion_warmup: int = 0
     lesion_weight: float = 1.0
     lesion_pos_weight: float = 20.0
     max_pos_weight: float = 10.0
@@ -239,19 +247,24 @@ class Trainer:
         has_target: torch.Tensor | None,
         pos_weight: torch.Tensor,
         train: bool,
+        assertions: torch.Tensor | None = None,
+        labels: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Total loss and the case logits."""
+        """Total loss and the case logits (``assertions``: ``assertion_targets``; ``labels``: False in warm-up)."""
         cfg = self.cfg
         with autocast(self.device):
             out = model(batch, modality_dropout=train)
         logits = out.logits.float()
         bce = nn.functional.binary_cross_entropy_with_logits
-        loss = bce(logits, y, pos_weight=pos_weight)
+        loss = bce(logits, y, pos_weight=pos_weight) * float(labels)
         vis = model.visible(batch)
         for i, m in enumerate(self.modalities):
             rows = vis[:, i]
-            if cfg.aux_weight > 0 and rows.any():
+            if labels and cfg.aux_weight > 0 and rows.any():
                 loss = loss + cfg.aux_weight * bce(out.aux_logits[m][rows].float(), y[rows], pos_weight=pos_weight)
+        a_loss = assertion_loss(out.assertion_logits, assertions) if cfg.assertion_weight > 0 else None
+        if a_loss is not None:
+            loss = loss + cfg.assertion_weight * a_loss
         if lesion is not None and has_target is not None and has_target.any() and cfg.lesion_weight > 0:
             for extras in out.extras.values():
                 if LESION_KEY not in extras or not extras[LESION_KEY].requires_grad:
@@ -289,6 +302,7 @@ class Trainer:
         cache = CaseCache(cache_dir or self.out / "cache", self.prep_engine)
         examples, rejected = build_examples(cohort, cache, self.parts, self.progress)
         self.cache_stats = {"hits": cache.hits, "misses": cache.misses}
+        self.assertion_record = attach_assertions(self.model, cohort, examples) if cfg.assertion_weight > 0 else {}
         train_cases, _ = patient_split([Case(e.case_id, e.patient_id) for e in examples], cfg.val_fraction, cfg.seed)
         train_ids = {c.case_id for c in train_cases}
         train = [e for e in examples if e.case_id in train_ids]
@@ -317,8 +331,13 @@ class Trainer:
             "rejected": len(rejected),
             "pos_weight": pos_weight.tolist(),
             "init_from": self.init_record,
+            "assertions": self.assertion_record,
             "data_sha256": _data_fingerprint(train, val),
         }
+        if self.model.cfg.has_assertion_head and cfg.assertion_warmup >= cfg.epochs:
+            raise ConfigError(
+                "train.bad_warmup", f"--assertion-warmup {cfg.assertion_warmup} leaves no epoch of {cfg.epochs}"
+            )
         if resume and (self.out / LAST).is_file():
             state = self._resume(opt, sched, meta_train)
         start = time.monotonic()
@@ -330,7 +349,8 @@ class Trainer:
             in_phase1 = 0 < epoch <= cfg.freeze_after
             if (cfg.freeze_init or (cfg.freeze_after and not in_phase1)) and not self._real:
                 self._freeze(train + val)
-            train_loss = self._epoch(phase1 if in_phase1 else train, opt, pos_weight, epoch)
+            warmup = epoch <= cfg.assertion_warmup and self.model.cfg.has_assertion_head
+            train_loss = self._epoch(phase1 if in_phase1 else train, opt, pos_weight, epoch, labels=not warmup)
             sched.step()
             val_logits = self.predict_logits(val)
             y_val = torch.stack([e.y for e in val])
@@ -345,10 +365,22 @@ class Trainer:
                 "val_tumor_auroc": tumor_auc,
                 "seconds": round(time.monotonic() - t0, 1),
             }
+            read = self._assertion_accuracy(val)
+            if read:
+                rec["val_assertion_accuracy"] = float(np.mean(list(read.values())))
             state["history"].append(rec)
-            event(log, "train.epoch", epoch=epoch, loss=round(train_loss, 4), val_auroc=round(val_auc, 4))
+            event(
+                log,
+                "train.epoch",
+                epoch=epoch,
+                loss=round(train_loss, 4),
+                val_auroc=round(val_auc, 4),
+                **({"val_assertions": round(rec["val_assertion_accuracy"], 4)} if read else {}),
+            )
             state["epoch"] = epoch
-            if score > state["best"] + 1e-4:
+            if warmup:
+                pass  # the case heads have not trained yet: nothing to select or to lose patience over
+            elif score > state["best"] + 1e-4:
                 state.update(best=score, best_epoch=epoch, bad=0)
                 with self._real_encoders():
                     save_checkpoint(self.out / BEST, self.model, self._meta(normalization, meta_train))
@@ -420,7 +452,14 @@ class Trainer:
                 out[m] = {"fit": fitted, "buffers": stats}
         return json.loads(json.dumps(out, default=str))  # type: ignore[no-any-return]
 
-    def _epoch(self, train: list[Example], opt: torch.optim.Optimizer, pos_weight: torch.Tensor, epoch: int) -> float:
+    def _epoch(
+        self,
+        train: list[Example],
+        opt: torch.optim.Optimizer,
+        pos_weight: torch.Tensor,
+        epoch: int,
+        labels: bool = True,
+    ) -> float:
         cfg = self.cfg
         self.model.train()
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout / modality dropout: reproducible after resume
@@ -432,7 +471,10 @@ class Trainer:
                 exs = [train[j] for j in order[i : i + cfg.batch_size]]
                 b, y, lt = self.batch(exs)
                 has_t = torch.tensor([e.lesion is not None for e in exs], device=self.device)
-                loss, _ = self.loss(self.model, b, y, lt, has_t, pos_weight, train=True)
+                targets = assertion_targets(self.model, exs, b)
+                loss, _ = self.loss(
+                    self.model, b, y, lt, has_t, pos_weight, train=True, assertions=targets, labels=labels
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 5.0)
@@ -498,6 +540,24 @@ class Trainer:
         state: dict[str, Any] = json.loads(payload["train_state"])
         event(log, "train.resumed", epoch=state["epoch"], best_epoch=state["best_epoch"])
         return state
+
+    @torch.no_grad()
+    def _assertion_accuracy(self, val: list[Example]) -> dict[str, float]:
+        """Per item, how often the assertion head reads a validation case's annotated state right."""
+        if not self.model.cfg.has_assertion_head:
+            return {}
+        self.model.eval()
+        logits, targets = [], []
+        for i in range(0, len(val), 32):
+            chunk = val[i : i + 32]
+            b, _, _ = self.batch(chunk)
+            t = assertion_targets(self.model, chunk, b)
+            out = self.model(b).assertion_logits
+            if t is None or out is None:
+                return {}
+            logits.append(out.float().cpu())
+            targets.append(t)
+        return accuracy_by_item(self.model, torch.cat(logits), torch.cat(targets))
 
     @torch.no_grad()
     def _tune_detection(self, val: list[Example]) -> dict[str, Any]:
@@ -570,6 +630,7 @@ class Trainer:
         risk_h, presence_h = self.risk_head, self.presence_head
         risk, y_m = probs[:, risk_h], y_val[:, risk_h].numpy()
         val_detection = self._tune_detection(val)
+        assertion_accuracy = self._assertion_accuracy(val)
         metrics = {
             "val_auroc": auroc(risk, y_m),
             "val_ece": ece(risk, y_m),
@@ -581,6 +642,7 @@ class Trainer:
             "epochs_run": state["epoch"],
             "stopped": state["stopped"] or "max_epochs",
             "val_detection": val_detection,
+            **({"val_assertion_accuracy": assertion_accuracy} if assertion_accuracy else {}),
         }
         training = {**training, "history": state["history"]}
         ckpt = self.out / CHECKPOINT_NAME

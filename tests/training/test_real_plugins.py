@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,42 @@ def test_train_evaluate_predict_with_real_plugins(run_dir: Path, cohort_dir: Pat
     assert fr["n_lesion_pairs"] >= 0 and fr["n_hit_miss_pairs"] >= 0
     assert set(fr["pair_concordance"]) <= {"isolated", "by_confidence"}
     assert "Per-finding malignancy risk" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_notes_assertion_head_trains_on_the_cohort_annotations(cohort_dir: Path, tmp_path: Path) -> None:
+    """Warm-up epochs train the real notes encoder on the synthetic annotations; the head ships in the checkpoint."""
+    from mmclinic.training.data import note_assertions
+
+    cfg = TrainConfig(
+        modalities=("notes",),
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        epochs=11,
+        patience=11,
+        batch_size=1,
+        lr=5e-3,
+        device="cpu",
+        val_fraction=0.4,
+        seed=3,
+        assertion_weight=1.0,
+        assertion_warmup=10,
+    )
+    res = train(cohort_dir / "manifest.csv", tmp_path, cfg, cache_dir=cohort_dir.parent / "cache", progress=False)
+    gt = json.loads((cohort_dir / "ground_truth.json").read_text())
+    items = note_assertions(gt)[0]
+    assert len(items) == 8
+    history = res.summary["history"]
+    # Warm-up epochs see only the assertion loss. On 6 training cases it falls well below that of
+    # guessing every state at even odds (ln 4), and then the case-label loss joins in (the jump).
+    losses = [h["train_loss"] for h in history]
+    assert losses[9] < 0.8 * math.log(4) < losses[0]
+    assert losses[10] > losses[9] + 0.5
+    assert all("val_assertion_accuracy" in h for h in history)
+    assert res.summary["best_epoch"] == 11  # no checkpoint is selected from warm-up epochs
+    assert set(res.summary["val_assertion_accuracy"]) <= set(items)
+    engine = InferenceEngine.load(tmp_path, device="cpu")
+    assert engine.model.cfg.assertion_items == items
+    cohort = load_cohort(cohort_dir / "manifest.csv", LABEL_COLUMNS)
+    preds = engine.predict(cohort.cases[:2])
+    assert all(0.0 <= p.malignancy_risk <= 1.0 for p in preds)

@@ -99,10 +99,10 @@ def _interrupted_run(
     """A run killed when epoch ``at_epoch`` starts: ``last.pt`` holds the epochs before it."""
     real_epoch = Trainer._epoch
 
-    def crash(self: Trainer, data: Any, opt: Any, pw: Any, epoch: int) -> float:
+    def crash(self: Trainer, data: Any, opt: Any, pw: Any, epoch: int, labels: bool = True) -> float:
         if epoch == at_epoch:
             raise KeyboardInterrupt  # killed mid-run
-        return real_epoch(self, data, opt, pw, epoch)
+        return real_epoch(self, data, opt, pw, epoch, labels)
 
     monkeypatch.setattr(Trainer, "_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
