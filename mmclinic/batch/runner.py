@@ -116,9 +116,21 @@ def _model_facts(model: str) -> ModelFacts:
     registry = get_registry()
     path = resolve_model_path(model, registry)
     meta = read_checkpoint(path)["meta"]
-    spec = model_task(meta, registry).spec()
-    risk, presence = spec.head("risk").label, spec.head("presence").label
-    return ModelFacts(sha256_file(path), meta, spec.labels, risk, presence)
+    return _facts(sha256_file(path), meta, model_task(meta, registry).spec())
+
+
+def _engine_facts(engine: ScoringEngine) -> ModelFacts | None:
+    """The facts of an engine already built (its checkpoint is not read again); None if it lacks a task spec."""
+    from mmclinic.plugin_api import TaskSpec
+
+    spec = getattr(engine, "spec", None)
+    if not isinstance(spec, TaskSpec):
+        return None
+    return _facts(engine.weights_sha256, dict(getattr(engine, "meta", {}) or {}), spec)
+
+
+def _facts(weights_sha256: str, meta: dict[str, Any], spec: Any) -> ModelFacts:
+    return ModelFacts(weights_sha256, meta, spec.labels, spec.head("risk").label, spec.head("presence").label)
 
 
 def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine] | None = None) -> ScoreSummary:
@@ -131,9 +143,12 @@ def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine]
         raise ConfigError("config.bad_batch", "--batch-size and --workers must be at least 1")
     if opts.engine not in ("local", "ray"):
         raise ConfigError("config.bad_engine", f"engine must be local or ray, got {opts.engine!r}")
-    facts = _model_facts(opts.model)
-    items = read_items(opts.manifest, opts.records, facts.labels)
     factory = engine_factory or functools.partial(load_engine, opts.model, opts.device, opts.batch_size)
+    # The local engine is built first and tells its own labels; the Ray driver builds none, so it reads
+    # the checkpoint's metadata (the labels decide which manifest columns are read).
+    engine = factory() if opts.engine == "local" else None
+    facts = (_engine_facts(engine) if engine is not None else None) or _model_facts(opts.model)
+    items = read_items(opts.manifest, opts.records, facts.labels)
     t0 = time.perf_counter()
     counts = Counts(total=len(items))
     meta: dict[str, Any] = {}
@@ -144,8 +159,7 @@ def score_cohort(opts: ScoreOptions, engine_factory: Callable[[], ScoringEngine]
             event(log, "batch.batch_size_changed", level=logging.WARNING, before=previous, now=opts.batch_size)
         journal.set_meta("batch_size", str(opts.batch_size))
         with ProgressBar(counts, enabled=opts.progress) as bar:
-            if opts.engine == "local":
-                engine = factory()
+            if engine is not None:
                 meta = dict(getattr(engine, "meta", {}) or {})
                 from mmclinic.batch.local import run_local
 
