@@ -138,8 +138,8 @@ def _assertion_model(fusion: dict[str, Any]) -> str:
         return ""
     return (
         f"a notes assertion head (a training aid) reads from the notes tokens, for each of {len(items)} findings the "
-        f"training cohort annotates ({', '.join(items)}), whether the notes {' / '.join(fusion['assertion_states'])} "
-        "it; "
+        f"training cohort annotates ({', '.join(items)}), which of {' / '.join(fusion['assertion_states'])} the "
+        "notes assert for it; "
     )
 
 
@@ -155,9 +155,10 @@ def _assertion_accuracy(m: dict[str, Any]) -> str:
     acc = m.get("val_assertion_accuracy") or {}
     if not acc:
         return ""
-    return (
-        f"; notes assertions read right in {_f(sum(acc.values()) / len(acc))} of validation cases (mean over findings)"
-    )
+    mean = f"{sum(acc.values()) / len(acc):.4f}"
+    low = min(acc, key=lambda k: acc[k])
+    lowest = f"lowest {acc[low]:.4f}, {low}"
+    return f"; notes assertions read right in {mean} of validation cases (mean over findings; {lowest})"
 
 
 def bundle(run_dir: Path, report_path: Path, plugin_data: Path, provenance: dict[str, Any]) -> dict[str, Any]:
