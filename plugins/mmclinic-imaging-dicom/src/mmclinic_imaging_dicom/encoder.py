@@ -10,6 +10,7 @@ from monai.networks.nets.basic_unet import BasicUNet
 from torch import nn
 
 from mmclinic.plugin_api import EncoderOutput
+from mmclinic.threads import torch_threads
 
 # The fusion model adds a learned rare-class prior (starting at -6) to the lesion logits; the soft
 # lesion volume below uses the same starting value so that "mostly empty" reads as ~0 voxels.
@@ -99,10 +100,15 @@ class CtEncoder(nn.Module):
         x0 = u.conv_0(x)
         x1 = u.down_1(x0)
         x2 = u.down_2(x1)
-        x3 = u.down_3(x2)
-        x4 = u.down_4(x3)
-        d = u.upcat_4(x4, x3)
-        d = u.upcat_3(d, x2)
+        # The coarse stages run on one thread. For a batch of one, oneDNN on some CPUs splits their
+        # convolutions' channel sums across threads (a 16→32-channel conv on 8×8×4 voxels here), so a Ray
+        # actor (one thread) and a local engine (two) disagreed by ~2e-6 in the lesion map. They hold
+        # 1/64 of the voxels and little of the time.
+        with torch_threads(1):
+            x3 = u.down_3(x2)
+            x4 = u.down_4(x3)
+            d = u.upcat_4(x4, x3)
+            d = u.upcat_3(d, x2)
         d = u.upcat_2(d, x1)
         d = u.upcat_1(d, x0)
         return x4, d, channel_mix(u.final_conv, d)
