@@ -282,16 +282,28 @@ class Trainer:
                 loss = loss + cfg.lesion_weight * (l_bce + l_dice)
         return loss, logits
 
-    @torch.no_grad()
     def predict_logits(self, exs: list[Example]) -> torch.Tensor:
         """Case logits (no dropout) for a list of examples."""
+        return self._predict(exs)[0]
+
+    @torch.no_grad()
+    def _predict(self, exs: list[Example]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Case logits and, with an assertion head, how often it reads each item right (one pass)."""
         self.model.eval()
-        outs = []
+        outs, read, targets = [], [], []
         for i in range(0, len(exs), 32):
-            b, _, _ = self.batch(exs[i : i + 32])
+            chunk = exs[i : i + 32]
+            b, _, _ = self.batch(chunk)
             with autocast(self.device):
-                outs.append(self.model(b).logits.float().cpu())
-        return torch.cat(outs) if outs else torch.zeros(0, 2)
+                out = self.model(b)
+            outs.append(out.logits.float().cpu())
+            t = assertion_targets(self.model, chunk, b)
+            if t is not None and out.assertion_logits is not None:
+                read.append(out.assertion_logits.float().cpu())
+                targets.append(t)
+        logits = torch.cat(outs) if outs else torch.zeros(0, 2)
+        accuracy = accuracy_by_item(self.model, torch.cat(read), torch.cat(targets)) if read else {}
+        return logits, accuracy
 
     # -- run --------------------------------------------------------------------------------------
     def run(self, manifest: Path | Cohort, cache_dir: Path | None = None, resume: bool = True) -> TrainResult:
@@ -352,7 +364,7 @@ class Trainer:
             warmup = epoch <= cfg.assertion_warmup and self.model.cfg.has_assertion_head
             train_loss = self._epoch(phase1 if in_phase1 else train, opt, pos_weight, epoch, labels=not warmup)
             sched.step()
-            val_logits = self.predict_logits(val)
+            val_logits, read = self._predict(val)
             y_val = torch.stack([e.y for e in val])
             risk_h, presence_h = self.risk_head, self.presence_head
             val_auc = auroc(val_logits[:, risk_h].numpy(), y_val[:, risk_h].numpy())
@@ -365,7 +377,6 @@ class Trainer:
                 "val_tumor_auroc": tumor_auc,
                 "seconds": round(time.monotonic() - t0, 1),
             }
-            read = self._assertion_accuracy(val)
             if read:
                 rec["val_assertion_accuracy"] = float(np.mean(list(read.values())))
             state["history"].append(rec)
@@ -542,24 +553,6 @@ class Trainer:
         return state
 
     @torch.no_grad()
-    def _assertion_accuracy(self, val: list[Example]) -> dict[str, float]:
-        """Per item, how often the assertion head reads a validation case's annotated state right."""
-        if not self.model.cfg.has_assertion_head:
-            return {}
-        self.model.eval()
-        logits, targets = [], []
-        for i in range(0, len(val), 32):
-            chunk = val[i : i + 32]
-            b, _, _ = self.batch(chunk)
-            t = assertion_targets(self.model, chunk, b)
-            out = self.model(b).assertion_logits
-            if t is None or out is None:
-                return {}
-            logits.append(out.float().cpu())
-            targets.append(t)
-        return accuracy_by_item(self.model, torch.cat(logits), torch.cat(targets))
-
-    @torch.no_grad()
     def _tune_detection(self, val: list[Example]) -> dict[str, Any]:
         """Choose the voxel threshold and the findings' cut-off on validation: at most 1 false positive per scan.
 
@@ -616,7 +609,7 @@ class Trainer:
             self.model.encoders[m] = enc
         self._real = {}
         self.model.load_state_dict(best["state_dict"], strict=False)
-        raw = self.predict_logits(val)
+        raw, assertion_accuracy = self._predict(val)
         adjusted = self.model.adjusted(raw)
         y_val = torch.stack([e.y for e in val])
         fits = [fit_platt(adjusted[:, h], y_val[:, h]) for h in range(raw.shape[1])]
@@ -630,7 +623,6 @@ class Trainer:
         risk_h, presence_h = self.risk_head, self.presence_head
         risk, y_m = probs[:, risk_h], y_val[:, risk_h].numpy()
         val_detection = self._tune_detection(val)
-        assertion_accuracy = self._assertion_accuracy(val)
         metrics = {
             "val_auroc": auroc(risk, y_m),
             "val_ece": ece(risk, y_m),
