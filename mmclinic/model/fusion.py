@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmclinic.case import NOTES
 from mmclinic.plugin_api import EncoderOutput
 
 # The case-level heads of checkpoints saved before tasks declared them (in ``ModelOutput.logits`` order).
@@ -42,7 +43,7 @@ class FusionConfig:
     # Empty: no head (every checkpoint before it).
     assertion_items: tuple[str, ...] = ()
     assertion_states: tuple[str, ...] = ()
-    assertion_modality: str = "notes"
+    assertion_modality: str = NOTES
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

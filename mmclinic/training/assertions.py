@@ -12,12 +12,12 @@ from torch import nn
 from mmclinic.errors import ConfigError
 from mmclinic.logs import event
 from mmclinic.model.fusion import Batch, FusionModel
-from mmclinic.training.data import Cohort, note_assertions
+from mmclinic.training.data import UNSCORED, Cohort, note_assertions
 from mmclinic.training.examples import Example
 
 log = logging.getLogger(__name__)
 
-UNSCORED = -1  # target of an item a case has no annotation for (and of every item of a case without notes)
+__all__ = ["UNSCORED", "accuracy_by_item", "assertion_loss", "assertion_targets", "attach_assertions"]
 
 
 def attach_assertions(model: FusionModel, cohort: Cohort, examples: Sequence[Example]) -> dict[str, Any]:

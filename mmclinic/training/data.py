@@ -73,13 +73,16 @@ def lesions_from_ground_truth(gt: dict[str, Any]) -> dict[str, list[GtLesion]]:
     return out
 
 
+UNSCORED = -1  # assertion target of an item a case has no annotation for (the loss skips it)
+
+
 def note_assertions(gt: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, list[int]]]:
     """Assertion annotations of the notes: items, states and ``case_id →`` state index per item.
 
     ``ground_truth.json`` records per case, for every finding its notes may mention, whether they state,
     hedge, negate or do not mention it (``note_findings``; the clinical-NLP assertion classes present,
     possible and absent, plus not mentioned). Items are every finding named in the cohort, sorted; a
-    case that lacks an item, or names a state outside the generator's, gets -1 there (not scored).
+    case that lacks an item, or names a state outside the generator's, gets ``UNSCORED`` there.
     Empty items when the document has no annotations.
     """
     from mmclinic.synth.model import NOTE_STATES
@@ -91,7 +94,7 @@ def note_assertions(gt: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...
     for cid, entry in entries.items():
         found = entry.get("note_findings")
         if isinstance(found, dict) and found:
-            out[cid] = [index.get(str(found.get(f)), -1) for f in items]
+            out[cid] = [index.get(str(found.get(f)), UNSCORED) for f in items]
     return items, (tuple(NOTE_STATES) if items else ()), out
 
 

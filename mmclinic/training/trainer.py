@@ -178,6 +178,12 @@ class Trainer:
         # Logit columns read by role (new_model has checked the task's heads).
         self.risk_head, self.presence_head = self.parts.spec.head_index("risk"), self.parts.spec.head_index("presence")
         self.init_record = self._init_encoders() if cfg.init_from else []
+        # Checked before any input is cached: the head (hence the warm-up) exists only for a model with notes.
+        reads_notes = cfg.assertion_weight > 0 and self.model.cfg.assertion_modality in self.modalities
+        if reads_notes and cfg.assertion_warmup >= cfg.epochs:
+            raise ConfigError(
+                "train.bad_warmup", f"--assertion-warmup {cfg.assertion_warmup} leaves no epoch of {cfg.epochs}"
+            )
         self._real: dict[str, nn.Module] = {}  # frozen encoders replaced by their replay
         self.cache_stats: dict[str, int] = {}
         self.detection = DetectionConfig()
@@ -346,10 +352,6 @@ class Trainer:
             "assertions": self.assertion_record,
             "data_sha256": _data_fingerprint(train, val),
         }
-        if self.model.cfg.has_assertion_head and cfg.assertion_warmup >= cfg.epochs:
-            raise ConfigError(
-                "train.bad_warmup", f"--assertion-warmup {cfg.assertion_warmup} leaves no epoch of {cfg.epochs}"
-            )
         if resume and (self.out / LAST).is_file():
             state = self._resume(opt, sched, meta_train)
         start = time.monotonic()
