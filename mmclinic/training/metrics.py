@@ -202,6 +202,7 @@ def detection_metrics(
     match_margin_mm: float = 5.0,
     voxel_mm: float = 5.0,
     operating_confidence: float | None = None,
+    size_bins_mm: Sequence[float] = (8.0, 10.0, 15.0, 20.0),
 ) -> dict[str, Any]:
     """Lesion-level sensitivity at ≤ ``fp_per_scan`` false positives per scan (FROC operating point).
 
@@ -209,18 +210,23 @@ def detection_metrics(
     hits a lesion when its centre lies within radius + ``match_margin_mm`` of the lesion centre
     (greedy by confidence, each lesion matched once). Hits on lesions smaller than ``min_diameter_mm``
     are ignored (neither true nor false positives), as in LUNA-style evaluation.
+
+    ``by_size``: the sensitivity at that operating point per lesion-diameter bin (``size_bins_mm`` edges,
+    the last bin open-ended), which says where a detector misses (at 5 mm voxels: the smallest lesions).
     """
     if len(findings) != len(lesions):
         raise ValueError("findings and lesions must have one entry per scan")
-    cands: list[tuple[float, int, bool, float]] = []  # (confidence, scan, is_tp, centre error mm)
+    # (confidence, scan, is_tp, centre error mm, diameter mm of the lesion hit)
+    cands: list[tuple[float, int, bool, float, float]] = []
     n_target = 0
     for scan, (fs, gts) in enumerate(zip(findings, lesions, strict=True)):
         n_target += sum(1 for g in gts if g.diameter_mm >= min_diameter_mm)
         for (centre, conf), best in zip(fs, match_findings(fs, gts, match_margin_mm), strict=True):
             if best < 0:
-                cands.append((conf, scan, False, np.nan))
+                cands.append((conf, scan, False, np.nan, np.nan))
             elif gts[best].diameter_mm >= min_diameter_mm:
-                cands.append((conf, scan, True, float(np.linalg.norm(np.subtract(centre, gts[best].center_mm)))))
+                err = float(np.linalg.norm(np.subtract(centre, gts[best].center_mm)))
+                cands.append((conf, scan, True, err, gts[best].diameter_mm))
     n_scans = max(len(findings), 1)
     cands.sort(key=lambda c: -c[0])
     tp = fp = 0
@@ -259,7 +265,35 @@ def detection_metrics(
         "median_center_error_mm": float(np.median(errors_at)) if errors_at else float("nan"),
         "median_center_error_voxels": float(np.median(errors_at)) / voxel_mm if errors_at else float("nan"),
         "froc": {str(r): _sens_at(cands, n_scans, n_target, r) for r in froc},
+        "by_size": _sensitivity_by_size(cands, lesions, best_thr, (min_diameter_mm, *size_bins_mm)),
     }
+
+
+def _sensitivity_by_size(
+    cands: Sequence[tuple[float, int, bool, float, float]],
+    lesions: Sequence[Sequence[GtLesion]],
+    confidence: float,
+    edges: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Lesions and hits at ``confidence`` or above per diameter bin ``[edges[k], edges[k + 1])``, the last open."""
+    diameters = np.array([g.diameter_mm for gts in lesions for g in gts], dtype=np.float64)
+    hit = np.array([c[4] for c in cands if c[2] and c[0] >= confidence], dtype=np.float64)
+    out: list[dict[str, Any]] = []
+    bounds = sorted(set(edges))
+    for k, lo in enumerate(bounds):
+        hi = bounds[k + 1] if k + 1 < len(bounds) else np.inf
+        n = int(((diameters >= lo) & (diameters < hi)).sum())
+        h = int(((hit >= lo) & (hit < hi)).sum())
+        out.append(
+            {
+                "min_mm": lo,
+                "max_mm": None if hi == np.inf else hi,
+                "n_lesions": n,
+                "hits": h,
+                "sensitivity": h / n if n else float("nan"),
+            }
+        )
+    return out
 
 
 def match_findings(
@@ -330,7 +364,7 @@ def _concordant(d_score: float, d_truth: float) -> float:
     return 1.0 if (d_score > 0) == (d_truth > 0) else 0.0
 
 
-def _sens_at(cands: list[tuple[float, int, bool, float]], n_scans: int, n_target: int, rate: float) -> float:
+def _sens_at(cands: list[tuple[float, int, bool, float, float]], n_scans: int, n_target: int, rate: float) -> float:
     tp = fp = 0
     best = 0.0
     i = 0

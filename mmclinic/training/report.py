@@ -68,6 +68,16 @@ def markdown(r: dict[str, Any]) -> str:
             f"({_fmt(det['median_center_error_voxels'])} voxels)",
             "- FROC: " + ", ".join(f"{k} FP/scan → {_fmt(v)}" for k, v in det["froc"].items()),
         ]
+        if det.get("by_size"):
+            lines += ["", f"Sensitivity by lesion diameter at ≤ {det['fp_per_scan']} FP/scan:", ""]
+            lines += ["| diameter (mm) | lesions | found | sensitivity |", "|---|---|---|---|"]
+            for b in det["by_size"]:
+                span = (
+                    f"{_fmt(b['min_mm'], 0)}–{_fmt(b['max_mm'], 0)}"
+                    if b["max_mm"] is not None
+                    else f"≥ {_fmt(b['min_mm'], 0)}"
+                )
+                lines.append(f"| {span} | {b['n_lesions']} | {b['hits']} | {_fmt(b['sensitivity'])} |")
     fr = r.get("finding_risk")
     if fr:
         conc, sep = fr["pair_concordance"], fr["hit_vs_miss_auroc"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -104,6 +105,29 @@ def test_detection_sensitivity_at_fp_rate() -> None:
     assert r["sensitivity"] == pytest.approx(0.5)
     assert r["median_center_error_mm"] == pytest.approx(1.0)
     assert r["froc"]["0.25"] == 0.0  # 0.75 FP allowed: the first candidate is already an FP
+    # At the operating point (confidence >= 0.9) the 10 mm lesion is found and the 20 mm one missed;
+    # the 4 mm lesion is below the 6 mm floor and in no bin.
+    by = {(b["min_mm"], b["max_mm"]): (b["n_lesions"], b["hits"]) for b in r["by_size"]}
+    assert by == {
+        (6.0, 8.0): (0, 0),
+        (8.0, 10.0): (0, 0),
+        (10.0, 15.0): (1, 1),
+        (15.0, 20.0): (0, 0),
+        (20.0, None): (1, 0),
+    }
+    assert math.isnan(r["by_size"][0]["sensitivity"]) and r["by_size"][2]["sensitivity"] == 1.0
+
+
+def test_detection_by_size_counts_only_hits_above_the_operating_confidence() -> None:
+    gts = [[GtLesion((0.0, 0.0, 0.0), 7.0)], [GtLesion((0.0, 0.0, 0.0), 7.5)], [GtLesion((0.0, 0.0, 0.0), 30.0)]]
+    # The 7.5 mm lesion's hit ranks below two false positives: at <= 0.5 FP/scan (1.5 FPs) it is not reached.
+    findings = [[((0.0, 0.0, 0.0), 0.9)], [((0.0, 0.0, 0.0), 0.2), ((0.0, 90.0, 0.0), 0.6)], [((0.0, 90.0, 0.0), 0.5)]]
+    r = detection_metrics(findings, gts, fp_per_scan=0.5, size_bins_mm=(10.0,))
+    assert r["sensitivity"] == pytest.approx(1 / 3)
+    assert [(b["min_mm"], b["max_mm"], b["n_lesions"], b["hits"]) for b in r["by_size"]] == [
+        (6.0, 10.0, 2, 1),
+        (10.0, None, 1, 0),
+    ]
 
 
 def test_match_findings_is_greedy_by_confidence_and_one_to_one() -> None:
