@@ -33,7 +33,7 @@ from mmclinic.model.detection import (
     finding_risks,
     isolation_masks,
 )
-from mmclinic.model.fusion import LESION_KEY, Batch, FusionConfig, FusionModel
+from mmclinic.model.fusion import Batch, FusionConfig, FusionModel, findings_logits
 from mmclinic.plugin_api import EncoderOutput, ModalityInput, ModalityPlugin, TaskPlugin, TaskSpec
 from mmclinic.registry import Registry, get_registry
 
@@ -293,8 +293,9 @@ class InferenceEngine:
             t3 = time.perf_counter()
             lesion, lesion_mod = None, None
             for m, eo in encoded.items():
-                if LESION_KEY in eo.extras:
-                    lesion = torch.sigmoid(eo.extras[LESION_KEY].float())[:, 0].cpu().numpy()
+                found = findings_logits(eo.extras)
+                if found is not None:
+                    lesion = torch.sigmoid(found.float())[:, 0].cpu().numpy()
                     lesion_mod = m
         timings.update(encode=(t1 - t0) * 1e3, fusion=(t2 - t1) * 1e3, contributions=(t3 - t2) * 1e3)
         return BatchResult(

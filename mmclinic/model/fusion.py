@@ -15,11 +15,21 @@ from mmclinic.plugin_api import EncoderOutput
 # The case-level heads of checkpoints saved before tasks declared them (in ``ModelOutput.logits`` order).
 HEADS: tuple[str, ...] = ("tumor_present", "malignant")
 LESION_KEY = "lesion_logits"  # encoder extra: [B, 1, X, Y, Z] logits on the task's imaging grid
+# Encoder extra of an encoder with a detector: absolute logits of the findings' map (same grid). Findings
+# come from it when present, from the lesion map otherwise.
+DETECTION_KEY = "detection_logits"
 # Lesion voxels are ~1e-4 of a scan: starting the map at this logit (a rare-class prior, as in
 # RetinaNet) saves the hundreds of optimiser steps it otherwise takes just to learn "mostly empty".
 LESION_PRIOR_LOGIT = -6.0
 
 Batch = dict[str, dict[str, torch.Tensor]]  # modality -> that plugin's collated (and precomputed) batch
+
+
+def findings_logits(extras: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """The map findings are read from, in encoder extras (after ``encode``): the detector's, else the lesion map."""
+    if DETECTION_KEY in extras:
+        return extras[DETECTION_KEY]
+    return extras.get(LESION_KEY)
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,9 @@ class FusionConfig:
     assertion_items: tuple[str, ...] = ()
     assertion_states: tuple[str, ...] = ()
     assertion_modality: str = NOTES
+    # Modality whose encoder carries a detector (``add_detector``) for the findings' map; None: findings
+    # come from the lesion map the risk reads (every checkpoint before it).
+    detector_modality: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -129,6 +142,30 @@ class FusionModel(nn.Module):
             self.late_heads = nn.ModuleDict(late_heads)
         if cfg.has_assertion_head:
             self._build_assertion_head()
+        if cfg.detector_modality is not None:
+            self._attach_detector(cfg.detector_modality)
+
+    def _attach_detector(self, modality: str, logit_shift: float = 0.0) -> nn.Module:
+        if modality not in self.encoders:
+            raise ValueError(f"the model has no {modality!r} encoder to attach a detector to")
+        add = getattr(self.encoders[modality], "add_detector", None)
+        if not callable(add):
+            raise ValueError(f"the {modality!r} encoder cannot carry a detector")
+        det = add(logit_shift)
+        assert isinstance(det, nn.Module)
+        return det
+
+    def add_detector(self, modality: str) -> nn.Module:
+        """Give ``modality``'s encoder a detector, started as a copy of its lesion-map network; returns it.
+
+        The detector's logits start equal to the lesion map's (the learned lesion prior folded in), so an
+        untrained detector finds what the model found before.
+        """
+        if self.cfg.detector_modality is not None:
+            raise ValueError("the model already has a detector")
+        det = self._attach_detector(modality, float(self.lesion_bias.detach()))
+        self.cfg = replace(self.cfg, detector_modality=modality)
+        return det
 
     def _build_assertion_head(self) -> None:
         n_items, n_states, d = len(self.cfg.assertion_items), len(self.cfg.assertion_states), self.cfg.d_model

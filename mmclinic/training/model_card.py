@@ -48,6 +48,21 @@ def _calibration(meta: dict[str, Any]) -> str:
     )
 
 
+def _findings_map(meta: dict[str, Any]) -> str:
+    """Which map the findings come from: the detector's (``mmclinic train-detector``) or the lesion map."""
+    det = meta.get("detector")
+    if not det:
+        return "lesion map from the CT encoder (3-D U-Net)"
+    c = det["config"]
+    return (
+        "the detector's map (a second 3-D U-Net beside the CT encoder, started as a copy of it and trained for "
+        f"detection alone, {det['best_step']} of {c['steps']} steps of {c['batch_size']} scans on "
+        f"{det['train_scans']} training scans, lesion-balanced voxel weights, scans with a lesion under "
+        f"{_f(c['small_mm'], 0)} mm drawn {_f(c['small_boost'], 0)}× as often; the risk reads the CT encoder's "
+        "own lesion map, so the detector leaves it unchanged)"
+    )
+
+
 def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any], provenance: dict[str, Any]) -> str:
     """Markdown model card from checkpoint metadata, the held-out evaluation report and how it was made."""
     tr = meta["training"]
@@ -83,9 +98,9 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         + _assertion_model(meta["fusion"])
         + f"modality dropout {meta['fusion']['modality_dropout']}. "
         "Risk = sigmoid((logit − log w⁺) / T): logit adjustment for the "
-        f"class weight w⁺ used in training, then {_calibration(meta)} on validation patients. Findings: lesion map "
-        "from the CT "
-        f"encoder (3-D U-Net) → threshold {meta['detection']['threshold']} → connected components; centre = "
+        f"class weight w⁺ used in training, then {_calibration(meta)} on validation patients. Findings: "
+        + _findings_map(meta)
+        + f" → threshold {meta['detection']['threshold']} → connected components; centre = "
         "probability-weighted centroid mapped to patient LPS mm, diameter = equivalent sphere of the soft volume; "
         "per-finding risk = the calibrated case risk with the other findings' voxels read as background in the "
         "CT encoder's lesion token (the case were that finding its only lesion; one finding carries the case risk). "

@@ -29,29 +29,25 @@ from mmclinic.engine.checkpoint import (
 from mmclinic.engine.device import autocast, resolve_device
 from mmclinic.engine.engine import InferenceEngine, resolve_model_path
 from mmclinic.engine.factory import model_meta, new_model, task_parts
-from mmclinic.engine.geometry import voxel_to_patient
 from mmclinic.errors import ConfigError, InputError, ModelError
 from mmclinic.logs import event
 from mmclinic.model.batching import to_device
 from mmclinic.model.calibration import fit_platt
-from mmclinic.model.detection import DetectionConfig, find_lesions
+from mmclinic.model.detection import DetectionConfig
 from mmclinic.model.frozen import frozen_outputs, replay_for
-from mmclinic.model.fusion import LESION_KEY, FusionModel
+from mmclinic.model.fusion import LESION_KEY, FusionModel, findings_logits
 from mmclinic.registry import Registry, get_registry
 from mmclinic.training.assertions import accuracy_by_item, assertion_loss, assertion_targets, attach_assertions
 from mmclinic.training.cache import CachedInput, CaseCache, batch_of
 from mmclinic.training.data import Cohort, load_cohort, patient_split
+from mmclinic.training.detection_tuning import candidates, tune_detection
 from mmclinic.training.examples import Example, build_examples
-from mmclinic.training.metrics import auroc, detection_metrics, ece, youden_threshold
+from mmclinic.training.metrics import auroc, ece, youden_threshold
 from mmclinic.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
-
-
-# Voxel thresholds of the lesion map tried on validation (see ``Trainer._tune_detection``).
-VOXEL_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5)
 
 
 # Settings a resumed run may change: they set how long the schedule runs, not what the epochs so far did.
@@ -220,6 +216,11 @@ class Trainer:
             raise ModelError("train.init_mismatch", f"{path.name}: imaging grid differs from the task's")
         prefix = f"encoders.{m}."
         sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        # A findings detector (``mmclinic train-detector``) belongs to the model it was trained beside: the
+        # new run's findings come from its own lesion map until a detector is trained for it.
+        if any(k.startswith("detector.") for k in sub):
+            sub = {k: v for k, v in sub.items() if not k.startswith("detector.")}
+            event(log, "train.init_detector_left", checkpoint=path.name, modality=m)
         try:
             load_trainable(self.model.encoders[m], sub)
         except ModelError as exc:
@@ -556,12 +557,7 @@ class Trainer:
 
     @torch.no_grad()
     def _tune_detection(self, val: list[Example]) -> dict[str, Any]:
-        """Choose the voxel threshold and the findings' cut-off on validation: at most 1 false positive per scan.
-
-        The voxel threshold decides which candidates exist at all: a small lesion whose map peaks
-        below it can never be found, whatever the confidence cut-off, so it is tuned too (highest
-        sensitivity wins; a tie keeps the higher threshold, which splits neighbours more cleanly).
-        """
+        """Choose the voxel threshold and the findings' cut-off on validation (``tune_detection``)."""
         if IMAGING not in self.modalities:
             return {}
         exs = [e for e in val if e.gt_lesions is not None and e.inputs[IMAGING].present]
@@ -569,33 +565,19 @@ class Trainer:
             return {}
         spacing = self.parts.spec.imaging.spacing_mm
         plugin = self.parts.plugins[IMAGING]
-        found: dict[float, list[list[tuple[tuple[float, float, float], float]]]] = {t: [] for t in VOXEL_THRESHOLDS}
+        found = []
         self.model.eval()
         for i in range(0, len(exs), 16):
             chunk = exs[i : i + 16]
             b, _, _ = self.batch(chunk)
             with autocast(self.device):
                 out = self.model(b)
-            prob = torch.sigmoid(out.extras[IMAGING][LESION_KEY].float())[:, 0].cpu().numpy()
-            for r, e in enumerate(chunk):
-                meta = e.inputs[IMAGING].meta
-                for t in VOXEL_THRESHOLDS:
-                    cands = DetectionConfig(threshold=t, min_confidence=min(t, 0.1), max_findings=16)
-                    hits = find_lesions(prob[r], spacing, cands)
-                    found[t].append([(voxel_to_patient(plugin, meta, f.center_voxel), f.confidence) for f in hits])
-        truth = [e.gt_lesions or [] for e in exs]
-        results = {t: detection_metrics(found[t], truth, voxel_mm=min(spacing)) for t in VOXEL_THRESHOLDS}
-        best_t = max(VOXEL_THRESHOLDS, key=lambda t: (np.nan_to_num(results[t]["sensitivity"]), t))
-        res = results[best_t]
-        thr = res["confidence_threshold"]
-        cut = float(thr) if math.isfinite(thr) else 0.5
-        self.detection = DetectionConfig(best_t, max(min(best_t, 0.1), cut), 8)
-        by_threshold = {str(t): results[t]["sensitivity"] for t in VOXEL_THRESHOLDS}
-        return {k: v for k, v in res.items() if k != "froc"} | {
-            "voxel_threshold": best_t,
-            "min_confidence": self.detection.min_confidence,
-            "sensitivity_by_voxel_threshold": by_threshold,
-        }
+            found_logits = findings_logits(out.extras[IMAGING])
+            assert found_logits is not None
+            prob = torch.sigmoid(found_logits.float())[:, 0].cpu().numpy()
+            found += [candidates(prob[r], plugin, e.inputs[IMAGING].meta, spacing) for r, e in enumerate(chunk)]
+        self.detection, summary = tune_detection(found, [e.gt_lesions or [] for e in exs], voxel_mm=min(spacing))
+        return summary
 
     def _finish(
         self,

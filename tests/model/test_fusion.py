@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from toy_plugins import TOY_SPEC, ToyImagingEncoder, ToyTabularEncoder
 
 from mmclinic.model.batching import concat_cases
 from mmclinic.model.calibration import fit_platt
-from mmclinic.model.fusion import FusionConfig, FusionModel
+from mmclinic.model.fusion import FusionConfig, FusionModel, findings_logits
 
 
 def _model(dropout: float = 0.0, late: bool = False) -> FusionModel:
@@ -143,3 +144,27 @@ def test_lesion_map_starts_at_rare_class_prior() -> None:
     lesion = torch.sigmoid(out.extras["imaging"]["lesion_logits"])
     # Whatever the plugin's head initialisation, an untrained map is "almost surely empty".
     assert float(lesion.mean()) < 0.01
+
+
+def test_findings_come_from_the_detector_when_there_is_one() -> None:
+    lesion, detection = torch.zeros(1, 1, 2, 2, 2), torch.ones(1, 1, 2, 2, 2)
+    assert findings_logits({"lesion_logits": lesion}) is lesion
+    assert findings_logits({"lesion_logits": lesion, "detection_logits": detection}) is detection
+    assert findings_logits({}) is None
+
+
+def test_detector_needs_an_encoder_that_can_carry_one() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="cannot carry a detector"):
+        model.add_detector("imaging")  # the toy encoder has no ``add_detector``
+    with pytest.raises(ValueError, match="no 'notes' encoder"):
+        model.add_detector("notes")
+    assert model.cfg.detector_modality is None
+
+
+def test_detector_modality_round_trips_and_older_configs_have_none() -> None:
+    cfg = FusionConfig(("imaging", "tabular"), detector_modality="imaging")
+    assert FusionConfig.from_dict(cfg.to_dict()) == cfg
+    old = FusionConfig(("imaging",)).to_dict()
+    del old["detector_modality"]
+    assert FusionConfig.from_dict(old).detector_modality is None

@@ -140,3 +140,64 @@ def test_notes_assertion_head_trains_on_the_cohort_annotations(cohort_dir: Path,
     cohort = load_cohort(cohort_dir / "manifest.csv", LABEL_COLUMNS)
     preds = engine.predict(cohort.cases[:2])
     assert all(0.0 <= p.malignancy_risk <= 1.0 for p in preds)
+
+
+def test_detector_trains_beside_the_model_and_leaves_its_risk_alone(
+    run_dir: Path, cohort_dir: Path, tmp_path: Path
+) -> None:
+    """``train_detector``: a second U-Net gives the findings; every case's risk stays the source model's."""
+    from mmclinic.case import sha256_file
+    from mmclinic.errors import ConfigError
+    from mmclinic.model.fusion import LESION_KEY
+    from mmclinic.training.cache import CaseCache, batch_of
+    from mmclinic.training.detector import DetectorConfig, train_detector
+
+    cache = cohort_dir.parent / "cache"
+    cfg = DetectorConfig(steps=3, eval_every=2, batch_size=2, device="cpu")
+    res = train_detector(cohort_dir / "manifest.csv", run_dir, tmp_path / "det", cfg, cache_dir=cache, progress=False)
+    assert [h["step"] for h in res["history"]] == [0, 2, 3]
+    assert res["source_weights_sha256"] == sha256_file(run_dir / "model.pt")
+    assert res["train_scans"] + res["validation_scans"] == 10 and res["validation_scans"] > 0
+    source = InferenceEngine.load(run_dir, device="cpu")
+    engine = InferenceEngine.load(tmp_path / "det", device="cpu")
+    assert engine.model.cfg.detector_modality == IMAGING and source.model.cfg.detector_modality is None
+    assert engine.meta["detector"]["best_step"] == res["best_step"]
+    assert engine.detection.threshold == res["val_detection"]["voxel_threshold"]
+    cohort = load_cohort(cohort_dir / "manifest.csv", LABEL_COLUMNS)
+    # Risks are bit-identical: the detector is the only new part and nothing reads it but the findings.
+    cached = [CaseCache(cache, source).get(c) for c in cohort.cases]
+    b = batch_of(cached, source.modalities)
+    before, after = source.run(b, contributions=False), engine.run(b, contributions=False)
+    assert np.array_equal(before.malignancy_risk, after.malignancy_risk)
+    assert np.array_equal(before.tumor_probability, after.tumor_probability)
+    # The findings' map is the detector's (the lesion map the risk reads is the source model's) ...
+    assert after.lesion_prob is not None and before.lesion_prob is not None
+    encoder = engine.model.encoders[IMAGING]
+    with torch.no_grad():
+        lesion = torch.sigmoid(engine.model.encode(b)[IMAGING].extras[LESION_KEY].float())[:, 0].numpy()
+        detected = torch.sigmoid(encoder.detect(b[IMAGING]["image"]).float())[:, 0].numpy()
+    assert np.array_equal(before.lesion_prob, lesion) and np.array_equal(after.lesion_prob, detected)
+    # ... and a network of its own: moving its output moves the findings' map and not the risk.
+    with torch.no_grad():
+        encoder.detector.final_conv.bias.add_(3.0)
+    moved = engine.run(b, contributions=False)
+    assert moved.lesion_prob is not None and float(moved.lesion_prob.mean()) > float(after.lesion_prob.mean())
+    assert np.array_equal(moved.malignancy_risk, before.malignancy_risk)
+    with pytest.raises(ConfigError) as err:
+        train_detector(cohort_dir / "manifest.csv", tmp_path / "det", tmp_path / "again", cfg, cache_dir=cache)
+    assert err.value.reason == "detector.exists"
+    # A warm start from the model with a detector copies its CT encoder without the detector.
+    warm = TrainConfig(
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        val_fraction=0.4,
+        seed=3,
+        init_from=f"imaging={tmp_path / 'det'}",
+        freeze_init=True,
+    )
+    train(cohort_dir / "manifest.csv", tmp_path / "warm", warm, cache_dir=cache, progress=False)
+    assert InferenceEngine.load(tmp_path / "warm", device="cpu").model.cfg.detector_modality is None

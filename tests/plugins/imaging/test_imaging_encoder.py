@@ -167,3 +167,25 @@ def test_isolate_describes_one_lesion_with_the_others_read_as_background() -> No
     with pytest.raises(ValueError):
         encoder.isolate({"image": image.expand(2, -1, -1, -1, -1), "present": torch.tensor([True, True])}, a)
     assert torch.isfinite(trunk["lesion_stats"]).all()
+
+
+def test_detector_starts_as_the_lesion_map_with_the_prior_folded_in() -> None:
+    """``add_detector``: a copy of the U-Net whose logits equal the lesion map's plus the shift, until trained."""
+    torch.manual_seed(0)
+    plugin = make_plugin()
+    encoder = plugin.build_encoder(16, SPEC).eval()
+    batch = plugin.collate([_item(0.2), _item(0.7)], SPEC)
+    with pytest.raises(ValueError, match="no detector"):
+        encoder.detect(batch["image"])
+    assert "extra.detection_logits" not in encoder.trunk(batch)
+    detector = encoder.add_detector(-6.0)
+    with torch.no_grad():
+        trunk = encoder.trunk(batch)
+    torch.testing.assert_close(trunk["extra.detection_logits"], trunk["extra.lesion_logits"] - 6.0)
+    assert encoder(batch).extras.keys() == {"lesion_logits", "detection_logits"}
+    # Its own weights: training it leaves the lesion map (and so the lesion token) alone.
+    encoder.detect(batch["image"]).mean().backward()
+    assert all(p.grad is None for p in encoder.unet.parameters())
+    assert any(p.grad is not None for p in detector.parameters())
+    with pytest.raises(ValueError, match="already has a detector"):
+        encoder.add_detector()

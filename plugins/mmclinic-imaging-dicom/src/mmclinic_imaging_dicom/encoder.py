@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -64,7 +65,7 @@ class CtEncoder(nn.Module):
     Tokens: the bottleneck features average-pooled to ``token_grid`` regions, projected to ``d_model``,
     plus a learned embedding per region (so fusion knows where a token comes from), then one lesion
     token from ``lesion_statistics``. Extras: ``lesion_logits`` [B,1,X,Y,Z] from the U-Net decoder at
-    input resolution.
+    input resolution; with a detector (``add_detector``), also ``detection_logits``, the findings' map.
 
     ``forward = head(trunk(batch))``: the trunk is the U-Net (the expensive, freezable part), the head
     the small projections. A trainer that freezes the encoder caches the trunk's outputs and keeps
@@ -92,10 +93,28 @@ class CtEncoder(nn.Module):
             nn.LayerNorm(n_stats), nn.Linear(n_stats, d_model), nn.GELU(), nn.Linear(d_model, d_model)
         )
         self.norm = nn.LayerNorm(d_model)
+        self.detector: nn.Module | None = None
 
-    def _unet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Bottleneck features, last decoder features and lesion logits of one U-Net pass."""
-        u = self.unet
+    def add_detector(self, logit_shift: float = 0.0) -> nn.Module:
+        """A second U-Net, started as a copy of this one, that gives the findings' map (``detection_logits``).
+
+        The risk model's lesion token keeps reading the U-Net it was trained with; the detector is trained
+        for detection alone afterwards (``mmclinic train-detector``), so the risk does not move. Its logits
+        are absolute: ``logit_shift`` (the fusion model's lesion prior) is folded into its output bias.
+        """
+        if self.detector is not None:
+            raise ValueError("the encoder already has a detector")
+        det = copy.deepcopy(self.unet)
+        conv = det.final_conv
+        assert isinstance(conv, nn.Conv3d) and conv.bias is not None
+        with torch.no_grad():
+            conv.bias.add_(logit_shift)
+        self.detector = det
+        return det
+
+    def _unet(self, x: torch.Tensor, unet: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bottleneck features, last decoder features and lesion logits of one U-Net pass (default: ``self.unet``)."""
+        u = self.unet if unet is None else unet
         # BasicUNet.forward returns only the logits; walking its stages exposes the bottleneck too.
         x0 = u.conv_0(x)
         x1 = u.down_1(x0)
@@ -117,12 +136,21 @@ class CtEncoder(nn.Module):
         """The U-Net pass: pooled region features, lesion statistics and the lesion-logit map."""
         x = batch["image"]
         x4, d, logits = self._unet(x)
-        return {
+        out = {
             "regions": self.pool(x4).flatten(2).transpose(1, 2),  # [B, N, C]
             "lesion_stats": lesion_statistics(logits, x, d),
             "extra.lesion_logits": logits,
             "present": batch["present"],
         }
+        if self.detector is not None:
+            out["extra.detection_logits"] = self.detect(x)
+        return out
+
+    def detect(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, X, Y, Z]`` logits of the detector's findings map (the encoder must have a detector)."""
+        if self.detector is None:
+            raise ValueError("the encoder has no detector")
+        return self._unet(image, self.detector)[2]
 
     def isolate(self, batch: dict[str, Any], suppress: torch.Tensor) -> EncoderOutput:
         """One case's tokens ``F`` times, row ``f`` as if the voxels ``suppress[f]`` held no lesion.
