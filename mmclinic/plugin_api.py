@@ -180,6 +180,10 @@ class ModalityPlugin(PluginBase):
         EncoderOutput``: for a batch of one case and bool ``suppress`` ``[F, 1, *grid]``, the case's
         outputs ``F`` times, row ``f`` as if the voxels ``suppress[f]`` held no lesion. The engine uses
         it to give each finding the risk of the case with that finding alone.
+
+        It may also define ``add_detector(logit_shift) -> nn.Module`` and ``detect(image) -> logits``: a
+        network of its own for the findings' map, which its extras then carry as ``detection_logits``
+        (``mmclinic train-detector`` trains it; the lesion map the tokens read is left as it was).
         """
 
 
