@@ -1,4 +1,4 @@
-"""Benchmarks: fusion forward as a share of end-to-end CPU time per case (goal ≤ 10 %); per-finding risk cost."""
+"""Benchmarks: fusion forward as a share of end-to-end CPU time per case (goal ≤ 10 %); finding risk, detector cost."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def bench() -> list[dict[str, Any]]:
             return engine.model.fuse(encoded, hide)
 
     isolation = _isolation_row(engine, cases, end_to_end)
+    detector = _detector_row(engine, cases, end_to_end)
     total = median_seconds(end_to_end, repeats=max(1, REPEATS // 2)) / len(cases)
     fusion = median_seconds(fusion_only, repeats=REPEATS * 4) / len(cases)
     share = fusion / total
@@ -77,7 +78,37 @@ def bench() -> list[dict[str, Any]]:
             ),
         },
         isolation,
+        *([detector] if detector else []),
     ]
+
+
+def _detector_row(engine: InferenceEngine, cases: list[Any], end_to_end: Any) -> dict[str, Any] | None:
+    """End-to-end per case with the findings detector vs with findings from the lesion map (same cases)."""
+    encoder = engine.model.encoders["imaging"]
+    detector = getattr(encoder, "detector", None)
+    if detector is None:
+        return None
+
+    def lesion_map_only() -> object:
+        encoder.detector = None  # the trunk then gives no detection map: findings from the lesion map
+        try:
+            return end_to_end()
+        finally:
+            encoder.detector = detector
+
+    with_det, without = interleaved_medians(end_to_end, lesion_map_only, repeats=max(1, REPEATS // 2))
+    return {
+        "name": "findings_detector_end_to_end",
+        "candidate_s": with_det / len(cases),
+        "baseline_s": without / len(cases),
+        "ratio": without / with_det,
+        "target": 0.67,  # a second U-Net pass for the findings may add at most half the pipeline's time
+        "higher_is_better": True,
+        "notes": (
+            f"end-to-end {with_det / len(cases) * 1e3:.0f} ms/case with the findings detector (a second U-Net "
+            f"pass) vs {without / len(cases) * 1e3:.0f} ms/case with findings from the lesion map"
+        ),
+    }
 
 
 def _isolation_row(engine: InferenceEngine, cases: list[Any], end_to_end: Any) -> dict[str, Any]:
