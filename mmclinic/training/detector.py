@@ -20,6 +20,7 @@ from mmclinic.engine.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mmclinic.engine.engine import InferenceEngine
 from mmclinic.errors import ConfigError, InputError
 from mmclinic.logs import event
+from mmclinic.model.detection import DetectionConfig
 from mmclinic.registry import Registry
 from mmclinic.training.cache import CaseCache, batch_of, safe_get
 from mmclinic.training.data import lesion_target, load_cohort, patient_split
@@ -143,7 +144,7 @@ def train_detector(
     draw = np.array([cfg.small_boost if any(g.diameter_mm < cfg.small_mm for g in s.lesions) else 1.0 for s in train])
     draw /= draw.sum()
 
-    def validate() -> tuple[float, dict[str, Any], Any]:
+    def validate() -> tuple[float, dict[str, Any], DetectionConfig]:
         detector.eval()
         found: list[dict[float, Located]] = []
         spacing = engine.spec.imaging.spacing_mm
@@ -188,7 +189,6 @@ def train_detector(
     sens, best_step, state, summary, det_cfg = best
     detector.load_state_dict(state)
     detector.eval()
-    engine.detection = det_cfg
     record = {
         "source_weights_sha256": engine.weights_sha256,
         "config": asdict(cfg),
