@@ -56,8 +56,8 @@ def _findings_map(meta: dict[str, Any]) -> str:
     c = det["config"]
     return (
         "the detector's map (a second 3-D U-Net beside the CT encoder, started as a copy of it and trained for "
-        f"detection alone, {det['best_step']} of {c['steps']} steps of {c['batch_size']} scans on "
-        f"{det['train_scans']} training scans, lesion-balanced voxel weights, scans with a lesion under "
+        f"detection alone on {det['train_scans']} training scans, kept at step {det['best_step']} of {c['steps']} "
+        f"({c['batch_size']} scans a step), lesion-balanced voxel weights, scans with a lesion under "
         f"{_f(c['small_mm'], 0)} mm drawn {_f(c['small_boost'], 0)}× as often; the risk reads the CT encoder's "
         "own lesion map, so the detector leaves it unchanged)"
     )
