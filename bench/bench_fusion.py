@@ -82,32 +82,17 @@ def bench() -> list[dict[str, Any]]:
     ]
 
 
-def _detector_row(engine: InferenceEngine, cases: list[Any], end_to_end: Any) -> dict[str, Any] | None:
-    """End-to-end per case with the findings detector vs with findings from the lesion map (same cases)."""
-    encoder = engine.model.encoders["imaging"]
-    detector = getattr(encoder, "detector", None)
-    if detector is None:
-        return None
-
-    def lesion_map_only() -> object:
-        encoder.detector = None  # the trunk then gives no detection map: findings from the lesion map
-        try:
-            return end_to_end()
-        finally:
-            encoder.detector = detector
-
-    with_det, without = interleaved_medians(end_to_end, lesion_map_only, repeats=max(1, REPEATS // 2))
+def _turn_about_row(name: str, n_cases: int, end_to_end: Any, variant: Any, notes: str) -> dict[str, Any]:
+    """``end_to_end`` (candidate) against ``variant`` (baseline), timed turn about; ``notes`` gets both ms/case."""
+    cand, base = interleaved_medians(end_to_end, variant, repeats=max(1, REPEATS // 2))
     return {
-        "name": "findings_detector_end_to_end",
-        "candidate_s": with_det / len(cases),
-        "baseline_s": without / len(cases),
-        "ratio": without / with_det,
-        "target": 0.67,  # a second U-Net pass for the findings may add at most half the pipeline's time
+        "name": name,
+        "candidate_s": cand / n_cases,
+        "baseline_s": base / n_cases,
+        "ratio": base / cand,
+        "target": 0.67,  # the extra work may add at most half the pipeline's time
         "higher_is_better": True,
-        "notes": (
-            f"end-to-end {with_det / len(cases) * 1e3:.0f} ms/case with the findings detector (a second U-Net "
-            f"pass) vs {without / len(cases) * 1e3:.0f} ms/case with findings from the lesion map"
-        ),
+        "notes": notes.format(cand=cand / n_cases * 1e3, base=base / n_cases * 1e3),
     }
 
 
@@ -123,18 +108,37 @@ def _isolation_row(engine: InferenceEngine, cases: list[Any], end_to_end: Any) -
         finally:
             del encoder.isolate
 
-    with_iso, without = interleaved_medians(end_to_end, by_rule, repeats=max(1, REPEATS // 2))
     multi = sum(n > 1 for n in findings)
-    return {
-        "name": "finding_isolation_end_to_end",
-        "candidate_s": with_iso / len(cases),
-        "baseline_s": without / len(cases),
-        "ratio": without / with_iso,
-        "target": 0.67,  # per-finding risk by isolation may add at most half the pipeline's time
-        "higher_is_better": True,
-        "notes": (
-            f"end-to-end {with_iso / len(cases) * 1e3:.0f} ms/case with each finding's risk by isolation vs "
-            f"{without / len(cases) * 1e3:.0f} ms/case by the confidence rule; {multi} of {len(cases)} cases have "
-            f"2+ findings ({sum(findings)} findings; one extra U-Net pass per such case)"
-        ),
-    }
+    return _turn_about_row(
+        "finding_isolation_end_to_end",
+        len(cases),
+        end_to_end,
+        by_rule,
+        "end-to-end {cand:.0f} ms/case with each finding's risk by isolation vs {base:.0f} ms/case by the "
+        f"confidence rule; {multi} of {len(cases)} cases have 2+ findings ({sum(findings)} findings; one extra "
+        "U-Net pass per such case)",
+    )
+
+
+def _detector_row(engine: InferenceEngine, cases: list[Any], end_to_end: Any) -> dict[str, Any] | None:
+    """End-to-end per case with the findings detector vs with findings from the lesion map (same cases)."""
+    encoder = engine.model.encoders["imaging"]
+    detector = getattr(encoder, "detector", None)
+    if detector is None:
+        return None
+
+    def lesion_map_only() -> object:
+        encoder.detector = None  # the trunk then gives no detection map: findings from the lesion map
+        try:
+            return end_to_end()
+        finally:
+            encoder.detector = detector
+
+    return _turn_about_row(
+        "findings_detector_end_to_end",
+        len(cases),
+        end_to_end,
+        lesion_map_only,
+        "end-to-end {cand:.0f} ms/case with the findings detector (a second U-Net pass) vs {base:.0f} ms/case "
+        "with findings from the lesion map",
+    )

@@ -73,6 +73,8 @@ class BatchResult:
     lesion_modality: str | None
     contributions: list[dict[str, float]]
     timings_ms: dict[str, float]
+    # ``run(..., ablations=True)``: per modality, the calibrated malignancy risk with it removed.
+    ablations: dict[str, np.ndarray[Any, np.dtype[np.float32]]] = field(default_factory=dict)
 
 
 def build_model(fusion: dict[str, Any], spec: TaskSpec, plugins: dict[str, ModalityPlugin]) -> FusionModel:
@@ -257,12 +259,15 @@ class InferenceEngine:
         return out
 
     # -- model ------------------------------------------------------------------------------------
-    def run(self, batch: Batch, contributions: bool = True, hide: torch.Tensor | None = None) -> BatchResult:
+    def run(
+        self, batch: Batch, contributions: bool = True, hide: torch.Tensor | None = None, ablations: bool = False
+    ) -> BatchResult:
         """Model on a precomputed batch: calibrated probabilities, lesion map, leave-one-out contributions.
 
         A modality's contribution is the change in calibrated malignancy risk when that modality is
         removed from the case (same encoder outputs, one extra fusion pass per modality): positive means
-        the modality raised the risk.
+        the modality raised the risk. ``ablations``: also each modality's removal for every case, from
+        the same encoder outputs (an evaluation's ablation rows cost no second encoder pass).
         """
         timings: dict[str, float] = {}
         model = self.model
@@ -291,6 +296,7 @@ class InferenceEngine:
                     for r in np.nonzero(shown[:, i].cpu().numpy())[0]:
                         contrib[int(r)][m] = float(delta[r])
             t3 = time.perf_counter()
+            ablated = self._ablations(encoded, vis) if ablations else {}
             lesion, lesion_mod = None, None
             for m, eo in encoded.items():
                 found = findings_logits(eo.extras)
@@ -306,21 +312,19 @@ class InferenceEngine:
             lesion_mod,
             contrib,
             timings,
+            ablated,
         )
 
-    def run_ablations(self, batch: Batch) -> dict[str, np.ndarray[Any, np.dtype[np.float32]]]:
-        """Calibrated malignancy risk with each modality removed for every case (encoders run once)."""
-        model = self.model
+    def _ablations(
+        self, encoded: dict[str, EncoderOutput], vis: torch.Tensor
+    ) -> dict[str, np.ndarray[Any, np.dtype[np.float32]]]:
+        """Calibrated malignancy risk with each modality removed for every case (one fusion pass each)."""
         out: dict[str, np.ndarray[Any, np.dtype[np.float32]]] = {}
-        with torch.inference_mode(), autocast(self.device):
-            b = to_device(batch, self.device)
-            encoded = model.encode(b)
-            vis = model.visible(b)
-            for i, m in enumerate(model.cfg.modalities):
-                hide = torch.zeros_like(vis)
-                hide[:, i] = True
-                probs = model.calibrated_probs(model.fuse(encoded, hide).float())
-                out[m] = probs[:, self.risk_head].cpu().numpy()
+        for i, m in enumerate(self.model.cfg.modalities):
+            hide = torch.zeros_like(vis)
+            hide[:, i] = True
+            probs = self.model.calibrated_probs(self.model.fuse(encoded, hide).float())
+            out[m] = probs[:, self.risk_head].cpu().numpy()
         return out
 
     # -- predictions ------------------------------------------------------------------------------

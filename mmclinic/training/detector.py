@@ -27,6 +27,7 @@ from mmclinic.training.data import lesion_target, load_cohort, patient_split
 from mmclinic.training.detection_tuning import Located, candidates, tune_detection
 from mmclinic.training.metrics import GtLesion
 from mmclinic.training.progress import progress_bar
+from mmclinic.training.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ class DetectorConfig:
 
 @dataclass
 class _Scan:
-    case_id: str
     image: torch.Tensor  # [1, X, Y, Z]
     target: torch.Tensor  # [1, X, Y, Z]
     weight: torch.Tensor  # [1, X, Y, Z]
@@ -101,7 +101,9 @@ def train_detector(
     if not cohort.lesions:
         raise InputError("detector.no_lesions", "the cohort has no ground-truth lesions (ground_truth.json)")
     training_cfg = engine.meta.get("training", {}).get("config", {})
-    val_fraction, split_seed = float(training_cfg.get("val_fraction", 0.2)), int(training_cfg.get("seed", 0))
+    default = TrainConfig()  # a checkpoint's config records both; the defaults are the trainer's own
+    val_fraction = float(training_cfg.get("val_fraction", default.val_fraction))
+    split_seed = int(training_cfg.get("seed", default.seed))
     train_cases, val_cases = patient_split(cohort.cases, val_fraction, split_seed)
     out.mkdir(parents=True, exist_ok=True)
     cache = CaseCache(cache_dir or out / "cache", engine)
@@ -123,9 +125,7 @@ def train_detector(
                 lesions = cohort.lesions.get(case.case_id, [])
                 size = (int(image.shape[1]), int(image.shape[2]), int(image.shape[3]))
                 target = lesion_target(lesions, engine.plugins[IMAGING], meta, size, engine.spec.imaging.spacing_mm)
-                scans[name].append(
-                    _Scan(case.case_id, image, target, lesion_weights(target, cfg.lesion_voxels), meta, lesions)
-                )
+                scans[name].append(_Scan(image, target, lesion_weights(target, cfg.lesion_voxels), meta, lesions))
     if not scans["train"] or not scans["validation"]:
         raise InputError("detector.too_few_cases", "both the training and the validation split need scans")
 

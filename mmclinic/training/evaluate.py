@@ -88,12 +88,11 @@ def score_model(
         for i in steps:
             chunk = ok[i : i + batch]
             b = batch_of([c for _, c in chunk], engine.modalities)
-            res = engine.run(b, contributions=False)
+            res = engine.run(b, contributions=False, ablations=len(engine.modalities) > 1)
             risk.extend(res.malignancy_risk.tolist())
             tumor.extend(res.tumor_probability.tolist())
-            if len(engine.modalities) > 1:
-                for m, v in engine.run_ablations(b).items():
-                    abl[m].extend(v.tolist())
+            for m, v in res.ablations.items():
+                abl[m].extend(v.tolist())
             for r, (_, cached) in enumerate(chunk):
                 findings.append(_findings(engine, res.lesion_prob, res.lesion_modality, r, cached))
                 if finding_risk:
