@@ -282,7 +282,14 @@ class CaseTruth:
     malignant: bool
     p_malignant: float
     lesions: tuple[LesionTruth, ...]
+    # E[p_malignant | what the case shows], the Bayes-optimal score; None in cohorts written before it.
+    p_observed: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bayes_score(self) -> float:
+        """The Bayes-optimal score: ``p_observed``; ``p_malignant`` (which also reads unrecorded values) before it."""
+        return self.p_observed if self.p_observed is not None else self.p_malignant
 
 
 @dataclass(frozen=True)
@@ -291,7 +298,7 @@ class GroundTruth:
 
     seed: int
     settings: dict[str, Any]
-    bayes_auroc: float
+    bayes_auroc: float  # AUROC of ``CaseTruth.bayes_score`` over the cohort
     oracle_auroc: dict[str, float]
     prevalence: float
     cases: dict[str, CaseTruth]
@@ -315,18 +322,19 @@ def read_ground_truth(path: Path | str) -> GroundTruth:
                 )
                 for le in c["lesions"]
             )
-            known = {"tumor_present", "malignant", "p_malignant", "lesions"}
+            known = {"tumor_present", "malignant", "p_malignant", "p_observed", "lesions"}
             cases[str(case_id)] = CaseTruth(
                 tumor_present=bool(c["tumor_present"]),
                 malignant=bool(c["malignant"]),
                 p_malignant=float(c["p_malignant"]),
                 lesions=lesions,
+                p_observed=float(c["p_observed"]) if c.get("p_observed") is not None else None,
                 extra={k: v for k, v in c.items() if k not in known},
             )
         return GroundTruth(
             seed=int(doc["seed"]),
             settings=dict(doc["settings"]),
-            bayes_auroc=float(doc["bayes_auroc"]),
+            bayes_auroc=float(doc.get("bayes_observed_auroc", doc["bayes_auroc"])),
             oracle_auroc={str(k): float(v) for k, v in doc["oracle_auroc"].items()},
             prevalence=float(doc["prevalence"]),
             cases=cases,

@@ -56,6 +56,9 @@ def synth(
     oracle = ", ".join(f"{k} {v:.3f}" for k, v in s["oracle_auroc"].items())
     typer.echo(f"wrote {cases} cases ({s['patients']} patients, {s['followup_cases']} follow-ups) to {out}")
     typer.echo(f"prevalence malignant {s['prevalence']:.3f}, tumor present {s['tumor_rate']:.3f}")
-    typer.echo(f"bayes-optimal AUROC {s['bayes_auroc']:.3f}; single-modality oracle AUROC: {oracle}")
+    typer.echo(
+        f"bayes-optimal AUROC {s['bayes_observed_auroc']:.3f} (with the unrecorded CEA values "
+        f"{s['bayes_auroc']:.3f}); single-modality oracle AUROC: {oracle}"
+    )
     rate = result.slices_written / result.seconds if result.seconds > 0 else 0.0
     typer.echo(f"{result.seconds:.1f} s, {result.slices_written} slices ({rate:.0f} slices/s, {workers} worker(s))")

@@ -107,6 +107,11 @@ class Latents:
     part_solid: B
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def take(self, idx: NDArray[np.int64]) -> Latents:
+        """The cases ``idx`` (in that order)."""
+        picked: dict[str, Any] = {k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
+        return Latents(**picked)
+
 
 # ----------------------------------------------------------------------------------------------- sampling
 
@@ -353,6 +358,35 @@ def oracle_scores(lat: Latents, prm: ModelParams, rng: np.random.Generator, mc: 
         t_obs = tabular_term(lat.age[:, None], lat.pack_years[:, None], cea_t, lat.family[:, None], prm)
         cond["tabular"][:, g] = expit(prm.bias + t_obs + (pi + pn)[None, :]).mean(axis=1)
     return {k: (post[k] * cond[k]).sum(axis=1) for k in post}
+
+
+def observed_scores(lat: Latents, prm: ModelParams, rng: np.random.Generator, mc: int = 256) -> F:
+    """``E[p | every observation of the case]``: the Bayes-optimal score, per case.
+
+    ``p_malignant`` reads the true CEA, which the record leaves out for a case whose lab is missing;
+    no model sees that value, so AUROC of ``p`` overstates what any model can reach. Where the CEA is
+    missing it is integrated out here: over ``z`` given all three modalities' observations (quadrature)
+    and over the CEA given ``z`` and the smoking status (Monte Carlo). Elsewhere the score is ``p``.
+    """
+    i_term, n_term, _ = terms_of(lat, prm)
+    p = p_malignant(lat, prm)
+    miss = np.flatnonzero(lat.lab_missing[:, 0])
+    if miss.size == 0:
+        return p
+    sub = lat.take(miss)
+    # Notes states only: the notes' mention of age and smoking is the record's, counted in loglik_tabular.
+    states_ll = _note_logp(Z_GRID, prm)[:, sub.notes].sum(axis=-1).T
+    post = _posterior(loglik_imaging(Z_GRID, sub, prm) + states_ll + loglik_tabular(Z_GRID, sub, prm))
+    n = miss.size
+    smoking = np.broadcast_to(sub.smoking[:, None], (n, mc))
+    cond = np.zeros((n, Z_GRID.size))
+    for g, zg in enumerate(Z_GRID):
+        cea = sample_cea(np.full((n, mc), zg), smoking, rng, prm)
+        t = tabular_term(sub.age[:, None], sub.pack_years[:, None], cea, sub.family[:, None], prm)
+        cond[:, g] = expit(prm.bias + (i_term[miss] + n_term[miss])[:, None] + t).mean(axis=1)
+    out = p.copy()
+    out[miss] = (post * cond).sum(axis=1)
+    return out
 
 
 def auroc(score: F, label: B) -> float:

@@ -20,7 +20,7 @@ from mmclinic.synth.anatomy import Anatomy, Geometry, Lesion, place_lesion, samp
 from mmclinic.synth.notes import cancer_sites, plan_note_types
 
 # Fixed stream ids so that each part of the cohort has its own independent, reproducible RNG.
-_STREAM_LATENT, _STREAM_CASE, _STREAM_ORACLE = 1, 2, 3
+_STREAM_LATENT, _STREAM_CASE, _STREAM_ORACLE, _STREAM_OBSERVED = 1, 2, 3, 6
 STREAM_RENDER, STREAM_NOTES = 4, 5
 
 
@@ -86,6 +86,7 @@ class CasePlan:
     tumor_present: bool
     malignant: bool
     p_malignant: float
+    p_observed: float  # E[p_malignant | what the case shows]: the Bayes-optimal score
     terms: dict[str, float]
     oracle: dict[str, float]
 
@@ -130,10 +131,6 @@ def _record(lat: M.Latents, i: int) -> dict[str, Any]:
     }
 
 
-def _take(lat: M.Latents, idx: np.ndarray) -> M.Latents:
-    return M.Latents(**{k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in vars(lat).items()})
-
-
 def _concat(a: M.Latents, b: M.Latents) -> M.Latents:
     out: dict[str, Any] = {}
     for k, v in vars(a).items():
@@ -164,7 +161,7 @@ def sample_latent_cohort(
     fu_months = np.concatenate([np.zeros(n_pat, np.int64), months])
     # Case order: each patient's baseline study directly followed by its follow-up.
     order = np.lexsort((is_fu, patient))
-    return _take(both, order), patient[order], is_fu[order], fu_months[order]
+    return both.take(order), patient[order], is_fu[order], fu_months[order]
 
 
 def sample_cohort(settings: SynthSettings, prm: M.ModelParams | None = None, oracle_mc: int = 256) -> CohortPlan:
@@ -177,6 +174,8 @@ def sample_cohort(settings: SynthSettings, prm: M.ModelParams | None = None, ora
     y = rng.random(p.shape) < p
     i_t, n_t, t_t = M.terms_of(lat, prm)
     oracle = M.oracle_scores(lat, prm, np.random.default_rng([settings.seed, _STREAM_ORACLE]), mc=oracle_mc)
+    # Its own stream: the other outputs of a seed stay what they were before this score existed.
+    observed = M.observed_scores(lat, prm, np.random.default_rng([settings.seed, _STREAM_OBSERVED]), mc=oracle_mc)
     key = settings.cohort_key
     width = max(4, len(str(settings.cases)))
     base_day = date(2016, 1, 1) + timedelta(days=settings.seed % 1461)
@@ -232,6 +231,7 @@ def sample_cohort(settings: SynthSettings, prm: M.ModelParams | None = None, ora
                 tumor_present=bool(lat.tumor[i]),
                 malignant=bool(y[i]),
                 p_malignant=_round(p[i], 6),
+                p_observed=_round(observed[i], 6),
                 terms={"imaging": _round(i_t[i]), "notes": _round(n_t[i]), "tabular": _round(t_t[i])},
                 oracle={k: _round(v[i], 6) for k, v in oracle.items()},
             )
@@ -241,6 +241,7 @@ def sample_cohort(settings: SynthSettings, prm: M.ModelParams | None = None, ora
         "tumor_rate": _round(lat.tumor.mean()),
         "occult_malignant_fraction": _round((y & ~lat.tumor).sum() / max(int(y.sum()), 1)),
         "bayes_auroc": _round(M.auroc(p, y)),
+        "bayes_observed_auroc": _round(M.auroc(observed, y)),
         "oracle_auroc": {k: _round(M.auroc(v, y)) for k, v in oracle.items()},
         "patients": len(set(patient.tolist())),
         "followup_cases": int(is_fu.sum()),

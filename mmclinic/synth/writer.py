@@ -164,6 +164,7 @@ def ground_truth(plan: CohortPlan, metadata_only: bool = False) -> dict[str, Any
             "tumor_present": c.tumor_present,
             "malignant": c.malignant,
             "p_malignant": c.p_malignant,
+            "p_observed": c.p_observed,
             "logit_terms": c.terms,
             "oracle_p": c.oracle,
             "lesions": [
@@ -186,7 +187,9 @@ def ground_truth(plan: CohortPlan, metadata_only: bool = False) -> dict[str, Any
         "coordinate_system": "DICOM patient LPS, millimetres",
         "label_definition": (
             "malignant: malignancy diagnosed at follow-up; it may be occult on this CT (no lesion rendered). "
-            "p_malignant = sigmoid(bias + imaging + notes + tabular logit terms)."
+            "p_malignant = sigmoid(bias + imaging + notes + tabular logit terms), from every latent variable "
+            "(bayes_auroc); p_observed = E[p_malignant | what the case shows], which integrates out a CEA the "
+            "record leaves out: the Bayes-optimal score (bayes_observed_auroc)."
         ),
         "model_params": M.params_dict(M.ModelParams()),
         **plan.summary,

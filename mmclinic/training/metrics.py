@@ -5,6 +5,7 @@ The batch scorer imports this module to evaluate a scored cohort without loading
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,30 @@ def auprc(scores: ArrayLike, labels: ArrayLike) -> float:
     recall = tp[last] / tp[-1]
     d_recall = np.diff(np.r_[0.0, recall])
     return float((precision * d_recall).sum())
+
+
+def bayes_references(observed: Sequence[float | None], true_p: Sequence[float], labels: ArrayLike) -> dict[str, float]:
+    """Reference AUROCs of a synthetic cohort's scores on the same cases as a model's.
+
+    ``bayes_optimal``: of the Bayes-optimal score, ``p_observed`` (``E[p | what the case shows]``) where
+    every case has one; then also ``true_probability``, of ``p_malignant``, which reads values no model
+    sees (a CEA the record leaves out). Cohorts written before ``p_observed``: ``p_malignant``'s alone.
+    """
+    if len(observed) and all(o is not None for o in observed):
+        obs = [float(o) for o in observed if o is not None]
+        return {"bayes_optimal": auroc(obs, labels), "true_probability": auroc(true_p, labels)}
+    return {"bayes_optimal": auroc(true_p, labels)}
+
+
+def bayes_goal(auc: float, reference: Mapping[str, float]) -> dict[str, Any] | None:
+    """The goal "fused AUROC >= Bayes-optimal - 0.03" against ``bayes_references``; None without a reference."""
+    bayes = reference.get("bayes_optimal")
+    if bayes is None or math.isnan(auc):
+        return None
+    goal: dict[str, Any] = {"target": "fused >= bayes - 0.03", "fused": auc, "bayes": bayes, "met": auc >= bayes - 0.03}
+    if "true_probability" in reference:  # what the score that also reads unrecorded values reaches, for scale
+        goal["true_probability"] = reference["true_probability"]
+    return goal
 
 
 def brier(probs: ArrayLike, labels: ArrayLike) -> float:

@@ -87,7 +87,8 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             "Truth: the generator's probability were that lesion the case's only one. `isolated`: the model's "
             "risk with the other findings read as background (what predictions carry); `by_confidence`: the "
-            "case risk scaled by detection confidence.",
+            "case risk scaled by detection confidence; `isolated_x_confidence`: the isolated risk times the "
+            "detector's confidence (the chance the finding is a malignant lesion, were the confidence calibrated).",
             "",
             "| method | lesion pairs ranked as the truth | hit ranked above miss |",
             "|---|---|---|",

@@ -64,6 +64,30 @@ def test_oracle_is_a_conditional_expectation(big: CohortPlan, modality: str, gro
         assert abs(diff.mean()) < tol
 
 
+def test_observed_score_integrates_out_only_the_unrecorded_cea(big: CohortPlan) -> None:
+    """p_observed = p where the record has the CEA; where it lacks it, E[p | observations] (tower property)."""
+    p = _arr(big, lambda c: c.p_malignant)
+    obs = _arr(big, lambda c: c.p_observed)
+    missing = _arr(big, lambda c: c.record["cea"] is None).astype(bool)
+    assert 100 < missing.sum() < len(p) / 2
+    assert np.array_equal(obs[~missing], p[~missing])
+    assert np.all(obs[missing] != p[missing]) and np.all((obs > 0) & (obs < 1))
+    # Within groups the observations define, the unrecorded CEA averages out: mean p - E[p|obs] = 0.
+    smoker = _arr(big, lambda c: c.record["smoking_status"] != "never").astype(bool)
+    for m in (missing, missing & smoker, missing & ~smoker):
+        diff = p[m] - obs[m]
+        assert abs(diff.mean()) < 3.5 * diff.std() / np.sqrt(m.sum()) + 0.003
+    # Not knowing a value can only lose: what the record shows ranks no better than the latent truth.
+    assert big.summary["bayes_observed_auroc"] <= big.summary["bayes_auroc"] + 0.002
+
+
+def test_observed_score_is_p_when_nothing_is_missing() -> None:
+    prm = M.ModelParams()
+    lat = M.sample_latents(np.random.default_rng(1).standard_normal(50), np.random.default_rng(2), prm)
+    lat.lab_missing[:] = False
+    assert np.array_equal(M.observed_scores(lat, prm, np.random.default_rng(3)), M.p_malignant(lat, prm))
+
+
 def test_auroc_matches_sklearn_with_ties() -> None:
     rng = np.random.default_rng(0)
     score = rng.integers(0, 5, 300).astype(float)

@@ -15,6 +15,8 @@ from mmclinic.training.metrics import (
     GtLesion,
     auprc,
     auroc,
+    bayes_goal,
+    bayes_references,
     bootstrap_ci,
     brier,
     detection_metrics,
@@ -178,3 +180,22 @@ def test_metrics_module_does_not_import_torch() -> None:
 
     code = "import sys, mmclinic.training.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_bayes_reference_is_the_observed_score_when_every_case_has_one() -> None:
+    y = np.array([0, 0, 1, 1])
+    true_p = [0.1, 0.4, 0.35, 0.8]  # ranks one pair wrong: AUROC 0.75
+    observed = [0.1, 0.3, 0.35, 0.8]  # all right: 1.0
+    assert bayes_references(observed, true_p, y) == {"bayes_optimal": 1.0, "true_probability": 0.75}
+    # A cohort written before p_observed (or one case without it): the true probability is the reference.
+    assert bayes_references([None] * 4, true_p, y) == {"bayes_optimal": 0.75}
+    assert bayes_references([0.1, None, 0.35, 0.8], true_p, y) == {"bayes_optimal": 0.75}
+
+
+def test_bayes_goal_is_met_within_three_points() -> None:
+    ref = {"bayes_optimal": 0.88, "true_probability": 0.89}
+    met = bayes_goal(0.851, ref)
+    assert met is not None and met["met"] and met["bayes"] == 0.88 and met["true_probability"] == 0.89
+    missed = bayes_goal(0.849, {"bayes_optimal": 0.88})
+    assert missed is not None and not missed["met"] and "true_probability" not in missed
+    assert bayes_goal(0.9, {}) is None and bayes_goal(float("nan"), ref) is None

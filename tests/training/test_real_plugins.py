@@ -91,15 +91,16 @@ def test_train_evaluate_predict_with_real_plugins(run_dir: Path, cohort_dir: Pat
         progress=False,
     )
     assert r["n_cases"] == 10
-    assert "bayes_optimal" in r["reference"] and {"oracle_imaging", "oracle_notes", "oracle_tabular"} <= set(
+    # The generator's cohorts carry p_observed: the Bayes reference is it, beside the latent p_malignant's.
+    assert {"bayes_optimal", "true_probability", "oracle_imaging", "oracle_notes", "oracle_tabular"} <= set(
         r["reference"]
     )
     assert set(r["ablation"]) == {"without_imaging", "without_notes", "without_tabular"}
     assert "detection" in r
-    # Per-finding risk is scored against the generator's lesion-alone probabilities, both ways.
+    # Per-finding risk is scored against the generator's lesion-alone probabilities, three ways.
     fr = r["finding_risk"]
     assert fr["n_lesion_pairs"] >= 0 and fr["n_hit_miss_pairs"] >= 0
-    assert set(fr["pair_concordance"]) <= {"isolated", "by_confidence"}
+    assert set(fr["pair_concordance"]) <= {"isolated", "by_confidence", "isolated_x_confidence"}
     assert "Per-finding malignancy risk" in (tmp_path / "eval" / "report.md").read_text()
 
 
