@@ -286,11 +286,6 @@ class CaseTruth:
     p_observed: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def bayes_score(self) -> float:
-        """The Bayes-optimal score: ``p_observed``; ``p_malignant`` (which also reads unrecorded values) before it."""
-        return self.p_observed if self.p_observed is not None else self.p_malignant
-
 
 @dataclass(frozen=True)
 class GroundTruth:
@@ -298,7 +293,8 @@ class GroundTruth:
 
     seed: int
     settings: dict[str, Any]
-    bayes_auroc: float  # AUROC of ``CaseTruth.bayes_score`` over the cohort
+    # The Bayes-optimal AUROC: of p_observed; of p_malignant in cohorts written before p_observed existed.
+    bayes_auroc: float
     oracle_auroc: dict[str, float]
     prevalence: float
     cases: dict[str, CaseTruth]

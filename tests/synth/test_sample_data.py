@@ -20,6 +20,10 @@ def test_sample_cohort_loads() -> None:
     assert len(cases) == 24 and all(isinstance(c, Case) for c in cases)
     truth = read_ground_truth(SAMPLE / "ground_truth.json")
     assert truth.seed == 2024 and set(truth.cases) == {c.case_id for c in cases}  # type: ignore[union-attr]
+    # The Bayes-optimal reference is E[p | what the case shows], not the p that also reads unrecorded values.
+    doc = json.loads((SAMPLE / "ground_truth.json").read_text())
+    assert truth.bayes_auroc == doc["bayes_observed_auroc"] != doc["bayes_auroc"]
+    assert all(c.p_observed is not None and 0 < c.p_observed < 1 for c in truth.cases.values())
 
 
 def test_sample_cohort_matches_recorded_command(tmp_path: Path) -> None:
