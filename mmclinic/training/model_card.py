@@ -63,6 +63,21 @@ def _findings_map(meta: dict[str, Any]) -> str:
     )
 
 
+def _detector_training(meta: dict[str, Any]) -> list[str]:
+    """The findings detector's training line (``mmclinic train-detector``); none without a detector."""
+    det = meta.get("detector")
+    if not det:
+        return []
+    d = meta["detection"]
+    return [
+        f"- findings detector: {det['train_scans']} training and {det['validation_scans']} validation scans (the same "
+        f"patient split), best step {det['best_step']} of {det['config']['steps']} ({det['minutes']:.0f} min of "
+        f"training); validation sensitivity at <= 1 FP/scan {_f(det['val_sensitivity'])} (the lesion "
+        f"map it started from: {_f(det['val_sensitivity_before'])}), voxel threshold {d['threshold']}, confidence "
+        f"cut-off {_f(d['min_confidence'])}"
+    ]
+
+
 def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any], provenance: dict[str, Any]) -> str:
     """Markdown model card from checkpoint metadata, the held-out evaluation report and how it was made."""
     tr = meta["training"]
@@ -123,6 +138,7 @@ def render_model_card(meta: dict[str, Any], sha256: str, report: dict[str, Any],
         + _assertion_loss(cfg, meta["fusion"]),
         f"- validation (calibration split): AUROC {_f(m['val_auroc'])}, ECE {_f(m['val_ece'])}, operating threshold "
         f"{_f(m['threshold'])} (Youden J)" + _assertion_accuracy(m),
+        *_detector_training(meta),
         "",
         "## Held-out evaluation",
         "",

@@ -262,11 +262,33 @@ def test_bundle_writes_weights_card_and_goals(tmp_path: Path, trained: Path) -> 
     card = (data / "MODEL_CARD.md").read_text()
     assert res["sha256"] in card and "Not for clinical decisions" in card and "--seed 4" in card
     assert "Platt scaling" in card  # the calibration the run used
+    assert "findings detector" not in card  # the run has none (``train-detector`` adds one)
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"rows": {"x": {"name": "x"}}}))
     record_goals(results, json.loads((report_dir / "report.json").read_text()), res["sha256"])
     doc = json.loads(results.read_text())
     assert doc["rows"] == {"x": {"name": "x"}} and doc["tumor_risk_goals"]["weights_sha256"] == res["sha256"]
+
+
+def test_card_states_how_the_findings_detector_was_trained() -> None:
+    from mmclinic.training.model_card import _detector_training
+
+    meta = {
+        "detection": {"threshold": 0.2, "min_confidence": 0.225},
+        "detector": {
+            "train_scans": 1568,
+            "validation_scans": 432,
+            "best_step": 750,
+            "config": {"steps": 1500},
+            "minutes": 23.4,
+            "val_sensitivity": 0.8912,
+            "val_sensitivity_before": 0.8031,
+        },
+    }
+    (line,) = _detector_training(meta)
+    assert "1568 training and 432 validation scans" in line and "best step 750 of 1500" in line
+    assert "0.891 (the lesion map it started from: 0.803)" in line and "cut-off 0.225" in line
+    assert _detector_training({"detection": {}}) == []
 
 
 @pytest.mark.parametrize("rate", [0.3, 0.0])
