@@ -31,7 +31,7 @@ def cohort_report(
 
     ``risk_label`` / ``presence_label``: the labels the task's risk and presence heads are scored on.
     """
-    from mmclinic.training.metrics import bayes_goal, evaluate_predictions
+    from mmclinic.training.metrics import bayes_goal, ece_goal, evaluate_predictions
 
     labelled = [p for p in preds if risk_label in labels.get(p["case_id"], {})]
     if len(labelled) < 2:
@@ -66,7 +66,7 @@ def cohort_report(
     if truth.is_file():
         _add_ground_truth(report, truth, labelled, [y[p["case_id"]] for p in labelled], voxel_mm)
     auc = fused["auroc"]
-    report["goals"]["ece"] = {"target": "<= 0.03", "value": fused["ece"], "met": fused["ece"] <= 0.03}
+    report["goals"]["ece"] = ece_goal(fused)
     bayes = bayes_goal(auc, report["reference"])
     if bayes is not None:
         report["goals"]["auroc_vs_bayes"] = bayes

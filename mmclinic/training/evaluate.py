@@ -23,6 +23,7 @@ from mmclinic.training.metrics import (
     bayes_goal,
     bayes_references,
     detection_metrics,
+    ece_goal,
     finding_risk_metrics,
     paired_bootstrap_delta,
     roc_points,
@@ -266,10 +267,7 @@ def _goals(r: dict[str, Any]) -> dict[str, Any]:
     bayes = bayes_goal(auc, r["reference"])
     if bayes is not None:
         goals["auroc_vs_bayes"] = bayes
-    goals["ece"] = {"target": "<= 0.03", "value": r["fused"]["ece"], "met": r["fused"]["ece"] <= 0.03}
-    ref = r["fused"].get("ece_if_calibrated")
-    if ref:  # what sampling noise alone gives on this cohort: the scale against which to read the value
-        goals["ece"]["if_calibrated_90pct"] = [ref["p05"], ref["p95"]]
+    goals["ece"] = ece_goal(r["fused"])
     singles = {k: v for k, v in r["compare"].items() if len(v["modalities"]) == 1}
     if singles:
         best = max(singles, key=lambda k: singles[k]["auroc"])

@@ -81,6 +81,15 @@ def bayes_goal(auc: float, reference: Mapping[str, float]) -> dict[str, Any] | N
     return goal
 
 
+def ece_goal(scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The goal "ECE <= 0.03" for ``evaluate_predictions``' scores, with what a calibrated model would show."""
+    goal: dict[str, Any] = {"target": "<= 0.03", "value": scores["ece"], "met": scores["ece"] <= 0.03}
+    ref = scores.get("ece_if_calibrated")
+    if ref:  # what sampling noise alone gives on this cohort: the scale against which to read the value
+        goal["if_calibrated_90pct"] = [ref["p05"], ref["p95"]]
+    return goal
+
+
 def brier(probs: ArrayLike, labels: ArrayLike) -> float:
     """Mean squared error of probabilities."""
     p, y = _arrays(probs, labels)

@@ -21,12 +21,14 @@ from mmclinic.training.metrics import (
     brier,
     detection_metrics,
     ece,
+    ece_goal,
     ece_if_calibrated,
     evaluate_predictions,
     finding_risk_metrics,
     match_findings,
     paired_bootstrap_delta,
     sens_spec,
+    summarize,
     youden_threshold,
 )
 
@@ -199,3 +201,14 @@ def test_bayes_goal_is_met_within_three_points() -> None:
     missed = bayes_goal(0.849, {"bayes_optimal": 0.88})
     assert missed is not None and not missed["met"] and "true_probability" not in missed
     assert bayes_goal(0.9, {}) is None and bayes_goal(float("nan"), ref) is None
+
+
+def test_ece_goal_carries_the_calibrated_noise_range_when_scored() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, 400)
+    scores = summarize(p, (rng.random(400) < p).astype(int), n_boot=20)
+    goal = ece_goal(scores)
+    assert goal["value"] == scores["ece"] and goal["met"] == (scores["ece"] <= 0.03)
+    lo, hi = goal["if_calibrated_90pct"]
+    assert 0 < lo < hi < 0.2
+    assert ece_goal({"ece": 0.05}) == {"target": "<= 0.03", "value": 0.05, "met": False}
